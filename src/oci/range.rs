@@ -162,7 +162,6 @@ mod tests {
             for range in [ByteRange::FromTo(a.min(b), a.max(b)), ByteRange::From(a), ByteRange::Suffix(b)] {
                 if let Ok(resolved) = range.resolve(len) {
                     prop_assert!(resolved.start <= resolved.end && resolved.end < len);
-                    prop_assert!(resolved.len() >= 1);
                 }
             }
         }
