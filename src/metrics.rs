@@ -1,1 +1,290 @@
-//! TODO
+//! Every Prometheus metric Shoal exports, registered in one registry that is
+//! passed around (never a global), and the text encoder for `/metrics`.
+//!
+//! Owns: metric names, labels and buckets. Domain code records through the
+//! small methods here; label values come from closed enums, and the one
+//! open-ended label (`registry`) is capped so cardinality stays bounded.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::oci::PathKind;
+
+/// Where the bytes of a response came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// This node's containerd.
+    Local,
+    /// Another Shoal node.
+    Peer,
+    /// Nobody: answered 404 so containerd falls back to the upstream.
+    Miss,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Peer => "peer",
+            Self::Miss => "miss",
+        }
+    }
+}
+
+/// Why a fetch from a peer failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FetchFailure {
+    Connect,
+    HeaderTimeout,
+    Status,
+    NotFound,
+    Stall,
+    Body,
+    DigestMismatch,
+    Spool,
+}
+
+impl FetchFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::HeaderTimeout => "header_timeout",
+            Self::Status => "status",
+            Self::NotFound => "not_found",
+            Self::Stall => "stall",
+            Self::Body => "body",
+            Self::DigestMismatch => "digest_mismatch",
+            Self::Spool => "spool",
+        }
+    }
+}
+
+/// The most distinct `registry` label values kept; later ones become `other`.
+const MAX_REGISTRY_LABELS: usize = 64;
+
+/// All metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: IntCounterVec,
+    bytes: IntCounterVec,
+    resolve_duration: Histogram,
+    fetch_duration: HistogramVec,
+    fetch_failures: IntCounterVec,
+    uploads: IntCounterVec,
+    upload_bytes: IntCounterVec,
+    advertised_keys: IntGauge,
+    advertise_failures: IntCounter,
+    connected_peers: IntGauge,
+    containerd_connected: IntGauge,
+    last_peer_fetch: Gauge,
+    http_in_flight: GaugeVec,
+    /// Registry label values seen so far; a std mutex, never held across `.await`.
+    registries: Mutex<HashSet<String>>,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("shoal_requests_total", "Registry requests answered, by where the content came from."),
+            &["source", "registry", "kind"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new("shoal_bytes_served_total", "Response body bytes sent to clients, by where they came from."),
+            &["source", "registry", "kind"],
+        )?;
+        let resolve_duration = Histogram::with_opts(
+            HistogramOpts::new("shoal_resolve_duration_seconds", "Time from a lookup's start to its first provider.")
+                .buckets(latency_buckets()),
+        )?;
+        let fetch_duration = HistogramVec::new(
+            HistogramOpts::new("shoal_peer_fetch_duration_seconds", "Duration of successful fetches from peers.")
+                .buckets(latency_buckets()),
+            &["kind"],
+        )?;
+        let fetch_failures = IntCounterVec::new(
+            Opts::new("shoal_peer_fetch_failures_total", "Failed fetch attempts from peers, by reason."),
+            &["reason"],
+        )?;
+        let uploads = IntCounterVec::new(
+            Opts::new("shoal_peer_requests_total", "Requests from other nodes, by whether this node held the content."),
+            &["kind", "result"],
+        )?;
+        let upload_bytes = IntCounterVec::new(
+            Opts::new("shoal_peer_upload_bytes_total", "Body bytes sent to other nodes."),
+            &["kind"],
+        )?;
+        let advertised_keys = IntGauge::new("shoal_advertised_keys", "Keys this node currently advertises.")?;
+        let advertise_failures =
+            IntCounter::new("shoal_advertise_failures_total", "Advertisements of a key that failed.")?;
+        let connected_peers = IntGauge::new("shoal_connected_peers", "Peers currently connected.")?;
+        let containerd_connected =
+            IntGauge::new("shoal_containerd_connected", "1 while the containerd event subscription is up.")?;
+        let last_peer_fetch = Gauge::new(
+            "shoal_last_peer_fetch_timestamp_seconds",
+            "Unix time of the last successful fetch from a peer.",
+        )?;
+        let http_in_flight = GaugeVec::new(
+            Opts::new("shoal_http_requests_in_flight", "Registry requests being served, by kind."),
+            &["kind"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(resolve_duration.clone()))?;
+        registry.register(Box::new(fetch_duration.clone()))?;
+        registry.register(Box::new(fetch_failures.clone()))?;
+        registry.register(Box::new(uploads.clone()))?;
+        registry.register(Box::new(upload_bytes.clone()))?;
+        registry.register(Box::new(advertised_keys.clone()))?;
+        registry.register(Box::new(advertise_failures.clone()))?;
+        registry.register(Box::new(connected_peers.clone()))?;
+        registry.register(Box::new(containerd_connected.clone()))?;
+        registry.register(Box::new(last_peer_fetch.clone()))?;
+        registry.register(Box::new(http_in_flight.clone()))?;
+        let inner = Inner {
+            registry,
+            requests,
+            bytes,
+            resolve_duration,
+            fetch_duration,
+            fetch_failures,
+            uploads,
+            upload_bytes,
+            advertised_keys,
+            advertise_failures,
+            connected_peers,
+            containerd_connected,
+            last_peer_fetch,
+            http_in_flight,
+            registries: Mutex::new(HashSet::new()),
+        };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Caps the distinct values of the `registry` label.
+    fn registry_label(&self, registry: &str) -> String {
+        let Ok(mut seen) = self.inner.registries.lock() else {
+            return "other".to_owned();
+        };
+        if seen.contains(registry) || seen.len() < MAX_REGISTRY_LABELS {
+            seen.insert(registry.to_owned());
+            return registry.to_owned();
+        }
+        "other".to_owned()
+    }
+
+    /// Counts one answered request and returns the counter its body bytes go to.
+    pub fn served(&self, source: Source, registry: &str, kind: PathKind) -> IntCounter {
+        let registry = self.registry_label(registry);
+        let labels = [source.as_str(), registry.as_str(), kind.as_str()];
+        self.inner.requests.with_label_values(&labels).inc();
+        self.inner.bytes.with_label_values(&labels)
+    }
+
+    /// Counts a request from another node that this node served, and returns
+    /// the counter its body bytes go to.
+    pub fn uploaded(&self, kind: PathKind) -> IntCounter {
+        self.inner.uploads.with_label_values(&[kind.as_str(), "served"]).inc();
+        self.inner.upload_bytes.with_label_values(&[kind.as_str()])
+    }
+
+    /// Counts a request from another node for content this node lacks.
+    pub fn upload_not_found(&self, kind: PathKind) {
+        self.inner.uploads.with_label_values(&[kind.as_str(), "not_found"]).inc();
+    }
+
+    pub fn observe_resolve(&self, elapsed: Duration) {
+        self.inner.resolve_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_peer_fetch(&self, kind: PathKind, elapsed: Duration) {
+        self.inner.fetch_duration.with_label_values(&[kind.as_str()]).observe(elapsed.as_secs_f64());
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.inner.last_peer_fetch.set(now.as_secs_f64());
+    }
+
+    pub fn peer_fetch_failed(&self, reason: FetchFailure) {
+        self.inner.fetch_failures.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn set_advertised_keys(&self, n: usize) {
+        self.inner.advertised_keys.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn advertise_failed(&self) {
+        self.inner.advertise_failures.inc();
+    }
+
+    pub fn set_connected_peers(&self, n: usize) {
+        self.inner.connected_peers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_containerd_connected(&self, up: bool) {
+        self.inner.containerd_connected.set(i64::from(up));
+    }
+
+    /// Tracks one in-flight request of `kind` until the guard drops.
+    pub fn in_flight(&self, kind: &'static str) -> InFlight {
+        let gauge = self.inner.http_in_flight.with_label_values(&[kind]);
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// The classic text exposition format (`text/plain; version=0.0.4`).
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.inner.registry.gather(), &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn served_requests_and_bytes_appear_in_the_exposition() {
+        let metrics = Metrics::new().unwrap();
+        metrics.served(Source::Peer, "docker.io", PathKind::Blob).inc_by(42);
+        let text = metrics.encode().unwrap();
+        assert!(text.contains(r#"shoal_requests_total{kind="blob",registry="docker.io",source="peer"} 1"#), "{text}");
+        assert!(text.contains(r#"shoal_bytes_served_total{kind="blob",registry="docker.io",source="peer"} 42"#));
+    }
+
+    #[test]
+    fn registry_label_cardinality_is_capped() {
+        let metrics = Metrics::new().unwrap();
+        for i in 0..(MAX_REGISTRY_LABELS + 10) {
+            metrics.served(Source::Miss, &format!("r{i}.test"), PathKind::Manifest);
+        }
+        let text = metrics.encode().unwrap();
+        let series = text.lines().filter(|l| l.starts_with("shoal_requests_total{")).count();
+        assert_eq!(series, MAX_REGISTRY_LABELS + 1);
+        assert!(text.contains(r#"registry="other""#));
+    }
+}

@@ -1,1 +1,186 @@
-//! TODO
+//! The index of what this node holds and advertises: images by name, the
+//! blobs they reference that are present, and tags.
+//!
+//! Owns: the mapping from containerd images to keys, and the key changes
+//! that each update causes. Updates walk the store first (async, no lock)
+//! and then swap state under a short lock, so readers are never blocked by
+//! containerd I/O.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use futures::{StreamExt, TryStreamExt};
+
+use super::walk::{WalkedBlob, walk_image};
+use super::{ContentStore, Error, ImageRecord};
+use crate::oci::{Digest, Key, MediaType, TagRef};
+
+/// Images walked at once during a full rescan.
+const RESCAN_CONCURRENCY: usize = 8;
+
+/// A blob this node can serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedBlob {
+    pub size: u64,
+    /// Set for manifests and indexes.
+    pub manifest_type: Option<MediaType>,
+}
+
+/// Keys to advertise and to withdraw after an update.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeyChanges {
+    pub added: Vec<Key>,
+    pub removed: Vec<Key>,
+}
+
+impl KeyChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ImageEntry {
+    tag: Option<TagRef>,
+    target: Digest,
+    blobs: Vec<WalkedBlob>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    images: HashMap<String, ImageEntry>,
+    blobs: HashMap<Digest, IndexedBlob>,
+    tags: HashMap<TagRef, Digest>,
+}
+
+impl State {
+    fn keys(&self) -> BTreeSet<Key> {
+        let digests = self.blobs.keys().map(|d| Key::Digest(*d));
+        digests.chain(self.tags.keys().map(|t| Key::Tag(t.clone()))).collect()
+    }
+
+    /// Recomputes the blob and tag maps from the images.
+    fn rebuild(&mut self) {
+        self.blobs.clear();
+        self.tags.clear();
+        for image in self.images.values() {
+            for blob in &image.blobs {
+                let entry = IndexedBlob { size: blob.size, manifest_type: blob.manifest_type.clone() };
+                self.blobs.insert(blob.digest, entry);
+            }
+            if let Some(tag) = &image.tag
+                && self.blobs.contains_key(&image.target)
+            {
+                self.tags.insert(tag.clone(), image.target);
+            }
+        }
+    }
+}
+
+/// What this node holds. Cheap to clone.
+#[derive(Clone)]
+pub struct ContentIndex {
+    store: Arc<dyn ContentStore>,
+    /// A std lock: held only to read or swap maps, never across `.await`.
+    state: Arc<RwLock<State>>,
+}
+
+impl ContentIndex {
+    pub fn new(store: Arc<dyn ContentStore>) -> Self {
+        Self { store, state: Arc::default() }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ContentStore> {
+        &self.store
+    }
+
+    /// Rebuilds the whole index from the store.
+    pub async fn rescan(&self) -> Result<KeyChanges, Error> {
+        let records = self.store.images().await?;
+        let walked: Vec<Option<(String, ImageEntry)>> = futures::stream::iter(records)
+            .map(|record| async move { self.walk(&record).await.map(|entry| entry.map(|e| (record.name, e))) })
+            .buffer_unordered(RESCAN_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let images = walked.into_iter().flatten().collect();
+        Ok(self.apply(|state| state.images = images))
+    }
+
+    /// Re-walks one image after containerd created or updated it.
+    pub async fn refresh_image(&self, name: &str) -> Result<KeyChanges, Error> {
+        let Some(record) = self.store.image(name).await? else {
+            return Ok(self.remove_image(name));
+        };
+        let entry = self.walk(&record).await?;
+        Ok(self.apply(|state| match entry {
+            Some(entry) => {
+                state.images.insert(record.name, entry);
+            }
+            None => {
+                state.images.remove(name);
+            }
+        }))
+    }
+
+    pub fn remove_image(&self, name: &str) -> KeyChanges {
+        self.apply(|state| {
+            state.images.remove(name);
+        })
+    }
+
+    /// Forgets a blob that was deleted from the store.
+    pub fn remove_blob(&self, digest: &Digest) -> KeyChanges {
+        self.apply(|state| {
+            for image in state.images.values_mut() {
+                image.blobs.retain(|b| b.digest != *digest);
+            }
+        })
+    }
+
+    async fn walk(&self, record: &ImageRecord) -> Result<Option<ImageEntry>, Error> {
+        let tag = match TagRef::from_image_name(&record.name) {
+            Ok(tag) => tag,
+            Err(e) => {
+                tracing::debug!(name = %record.name, error = %e, "image name is not a tag reference");
+                None
+            }
+        };
+        let blobs = walk_image(self.store.as_ref(), &record.target).await?;
+        Ok((!blobs.is_empty()).then_some(ImageEntry { tag, target: record.target.digest, blobs }))
+    }
+
+    /// Applies `change` and reports which keys appeared and disappeared.
+    fn apply(&self, change: impl FnOnce(&mut State)) -> KeyChanges {
+        let Ok(mut state) = self.state.write() else {
+            return KeyChanges::default();
+        };
+        let before = state.keys();
+        change(&mut state);
+        state.rebuild();
+        let after = state.keys();
+        KeyChanges {
+            added: after.difference(&before).cloned().collect(),
+            removed: before.difference(&after).cloned().collect(),
+        }
+    }
+
+    /// The manifest a tag points at, if held locally.
+    pub fn tag(&self, tag: &TagRef) -> Option<(Digest, IndexedBlob)> {
+        let state = self.state.read().ok()?;
+        let digest = *state.tags.get(tag)?;
+        Some((digest, state.blobs.get(&digest)?.clone()))
+    }
+
+    pub fn blob(&self, digest: &Digest) -> Option<IndexedBlob> {
+        self.state.read().ok()?.blobs.get(digest).cloned()
+    }
+
+    /// Every key this node should advertise.
+    pub fn keys(&self) -> Vec<Key> {
+        self.state.read().map(|s| s.keys().into_iter().collect()).unwrap_or_default()
+    }
+
+    pub fn image_count(&self) -> usize {
+        self.state.read().map(|s| s.images.len()).unwrap_or_default()
+    }
+}

@@ -11,6 +11,7 @@ pub mod contract;
 pub mod index;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
+mod walk;
 
 use std::io;
 
@@ -23,7 +24,8 @@ use tokio::sync::mpsc;
 use crate::oci::{Digest, MediaType, ResolvedRange};
 
 pub use containerd::{ContainerdConfig, ContainerdStore};
-// pub use index::{ContentIndex, IndexedBlob, KeyChanges};
+pub use index::{ContentIndex, IndexedBlob, KeyChanges};
+pub use walk::MAX_MANIFEST_SIZE;
 
 /// A content descriptor as containerd records it for an image target.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,1 +1,178 @@
-//! TODO
+//! The HTTP face of a node: the pull-only subset of the OCI distribution API
+//! that containerd uses as a mirror, plus `/healthz` and `/readyz`.
+//!
+//! Owns: parsing requests into domain types at the edge, local-first serving,
+//! the loop-prevention rule (a request forwarded by a peer is served from
+//! local content only), the `--mirrored-registries` filter, response headers,
+//! and the one mapping from failures to HTTP status and OCI error JSON.
+//! Never proxies anywhere but to peers the router returned (via `mirror`).
+
+mod blobs;
+mod health;
+mod manifests;
+pub mod response;
+pub mod server;
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::content::ContentIndex;
+use crate::metrics::{Metrics, Source};
+use crate::mirror::{MIRRORED_HEADER, Mirror};
+use crate::oci::{ByteRange, DistributionPath, PathError, PathKind, Registry};
+pub use health::Health;
+use response::{Body, ErrorCode, oci_error};
+
+/// Which upstream registries this node serves.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryConfig {
+    /// Registries (as containerd names them in `ns`) to serve; empty means all.
+    pub mirrored: Vec<Registry>,
+}
+
+/// The registry request handler. Cheap to clone.
+#[derive(Clone)]
+pub struct RegistryHandler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    index: ContentIndex,
+    mirror: Mirror,
+    metrics: Metrics,
+    health: Health,
+    config: RegistryConfig,
+}
+
+/// A parsed request for a manifest or blob.
+struct PullRequest<'a> {
+    path: DistributionPath,
+    /// The upstream registry from `?ns=`, if given.
+    registry: Option<Registry>,
+    /// Forwarded by another node: serve local content only.
+    forwarded: bool,
+    head: bool,
+    headers: &'a HeaderMap,
+}
+
+impl PullRequest<'_> {
+    fn registry_label(&self) -> &str {
+        self.registry.as_ref().map_or("none", Registry::as_str)
+    }
+}
+
+impl RegistryHandler {
+    pub fn new(index: ContentIndex, mirror: Mirror, metrics: Metrics, health: Health, config: RegistryConfig) -> Self {
+        Self { inner: Arc::new(Inner { index, mirror, metrics, health, config }) }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let head = req.method() == Method::HEAD;
+        if req.method() != Method::GET && !head {
+            return oci_error(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported, "this mirror is pull-only", head);
+        }
+        match req.uri().path() {
+            "/healthz" => return health::healthz(),
+            "/readyz" => return self.inner.health.readyz(),
+            _ => {}
+        }
+        let path = match DistributionPath::parse(req.uri().path()) {
+            Ok(path) => path,
+            Err(error) => return path_error(&error, head),
+        };
+        let registry = match ns_param(req.uri().query()) {
+            Ok(registry) => registry,
+            Err(message) => return oci_error(StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, &message, head),
+        };
+        let request = PullRequest {
+            path,
+            registry,
+            forwarded: req.headers().contains_key(MIRRORED_HEADER),
+            head,
+            headers: req.headers(),
+        };
+        let Some(kind) = request.path.kind() else {
+            return api_base(head);
+        };
+        let _in_flight = self.inner.metrics.in_flight(kind.as_str());
+        if !self.serves(request.registry.as_ref()) {
+            return self.miss(&request, kind, "registry is not mirrored by this node");
+        }
+        match kind {
+            PathKind::Manifest => self.manifest(&request).await,
+            PathKind::Blob => self.blob(&request).await,
+        }
+    }
+
+    fn serves(&self, registry: Option<&Registry>) -> bool {
+        let mirrored = &self.inner.config.mirrored;
+        mirrored.is_empty() || registry.is_some_and(|r| mirrored.contains(r))
+    }
+
+    /// The fast 404 that sends containerd on to its next host or the upstream.
+    fn miss(&self, request: &PullRequest<'_>, kind: PathKind, message: &str) -> Response<Body> {
+        if request.forwarded {
+            self.inner.metrics.upload_not_found(kind);
+        } else {
+            self.inner.metrics.served(Source::Miss, request.registry_label(), kind);
+        }
+        let code = match kind {
+            PathKind::Manifest => ErrorCode::ManifestUnknown,
+            PathKind::Blob => ErrorCode::BlobUnknown,
+        };
+        oci_error(StatusCode::NOT_FOUND, code, message, request.head)
+    }
+}
+
+fn path_error(error: &PathError, head: bool) -> Response<Body> {
+    let message = error.to_string();
+    match error {
+        PathError::NotFound => {
+            oci_error(StatusCode::NOT_FOUND, ErrorCode::Unsupported, "not part of the pull API", head)
+        }
+        PathError::Name(_) => oci_error(StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, &message, head),
+        PathError::Digest(_) => oci_error(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, &message, head),
+    }
+}
+
+fn api_base(head: bool) -> Response<Body> {
+    let body = if head { response::empty() } else { response::full("{}") };
+    Response::builder()
+        .header("docker-distribution-api-version", "registry/2.0")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .unwrap_or_else(|_| response::fallback(StatusCode::OK))
+}
+
+/// The `ns` query parameter: which upstream registry containerd is pulling from.
+fn ns_param(query: Option<&str>) -> Result<Option<Registry>, String> {
+    let Some(query) = query else { return Ok(None) };
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("ns=") {
+            return value.parse().map(Some).map_err(|e: crate::oci::NameError| e.to_string());
+        }
+    }
+    Ok(None)
+}
+
+/// The request's `Range` header, parsed; `Ok(None)` when absent.
+fn range_header(headers: &HeaderMap) -> Result<Option<ByteRange>, crate::oci::RangeError> {
+    let Some(value) = headers.get(http::header::RANGE) else { return Ok(None) };
+    let text = value.to_str().map_err(|_| crate::oci::RangeError::Malformed("non-ASCII".into()))?;
+    ByteRange::parse_header(text).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ns_is_parsed_and_validated() {
+        assert_eq!(ns_param(Some("ns=docker.io")).ok().flatten().map(|r| r.to_string()).as_deref(), Some("docker.io"));
+        assert_eq!(ns_param(Some("x=1")), Ok(None));
+        assert_eq!(ns_param(None), Ok(None));
+        assert!(ns_param(Some("ns=bad/host")).is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! The providers of one key, as the router streams them in, and which of
+//! them this request has already tried.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+
+use super::select::PeerScores;
+use crate::routing::{Peer, PeerName};
+
+/// Hands out untried providers by weighted random choice, waiting for the
+/// router only when every provider found so far has been tried.
+pub struct Candidates<'a> {
+    providers: BoxStream<'static, Peer>,
+    found: Vec<Peer>,
+    tried: HashSet<PeerName>,
+    exhausted: bool,
+    scores: &'a PeerScores,
+    started: Instant,
+    /// How long the first provider took to arrive, once it has.
+    pub first_found: Option<std::time::Duration>,
+}
+
+impl<'a> Candidates<'a> {
+    pub fn new(providers: BoxStream<'static, Peer>, scores: &'a PeerScores) -> Self {
+        Self {
+            providers,
+            found: Vec::new(),
+            tried: HashSet::new(),
+            exhausted: false,
+            scores,
+            started: Instant::now(),
+            first_found: None,
+        }
+    }
+
+    /// The next provider to try, or `None` when no untried one is left.
+    pub async fn next(&mut self) -> Option<Peer> {
+        loop {
+            self.take_ready();
+            let untried: Vec<Peer> = self.found.iter().filter(|p| !self.tried.contains(&p.name)).cloned().collect();
+            if let Some(i) = self.scores.choose(&untried, &mut rand::rng()) {
+                let peer = untried[i].clone();
+                self.tried.insert(peer.name.clone());
+                return Some(peer);
+            }
+            if self.exhausted {
+                return None;
+            }
+            match self.providers.next().await {
+                Some(peer) => self.add(peer),
+                None => self.exhausted = true,
+            }
+        }
+    }
+
+    /// Takes every provider that has already arrived, without waiting.
+    fn take_ready(&mut self) {
+        while !self.exhausted {
+            match self.providers.next().now_or_never() {
+                Some(Some(peer)) => self.add(peer),
+                Some(None) => self.exhausted = true,
+                None => break,
+            }
+        }
+    }
+
+    fn add(&mut self, peer: Peer) {
+        if self.first_found.is_none() {
+            self.first_found = Some(self.started.elapsed());
+        }
+        if !self.found.iter().any(|p| p.name == peer.name) {
+            self.found.push(peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(i: u8) -> Peer {
+        Peer { name: PeerName::new(format!("p{i}")), endpoint: ([127, 0, 0, i], 5000).into() }
+    }
+
+    #[tokio::test]
+    async fn every_provider_is_tried_once_then_none() {
+        let scores = PeerScores::new();
+        let stream = futures::stream::iter(vec![peer(1), peer(2), peer(1), peer(3)]).boxed();
+        let mut candidates = Candidates::new(stream, &scores);
+        let mut seen = Vec::new();
+        while let Some(p) = candidates.next().await {
+            seen.push(p.name.to_string());
+        }
+        seen.sort();
+        assert_eq!(seen, ["p1", "p2", "p3"]);
+        assert!(candidates.first_found.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_late_provider_is_waited_for_only_when_needed() {
+        let scores = PeerScores::new();
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(peer(1)).ok();
+        let mut candidates = Candidates::new(rx.boxed(), &scores);
+        assert_eq!(candidates.next().await.map(|p| p.name), Some(peer(1).name));
+        tx.unbounded_send(peer(2)).ok();
+        drop(tx);
+        assert_eq!(candidates.next().await.map(|p| p.name), Some(peer(2).name));
+        assert_eq!(candidates.next().await, None);
+    }
+}
