@@ -4,6 +4,8 @@
 //! provide a key. Speaks `Key` and `Peer`; only `routing::p2p` imports libp2p.
 
 #[cfg(any(test, feature = "test-util"))]
+pub mod contract;
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 pub mod p2p;
 
