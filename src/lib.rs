@@ -12,6 +12,7 @@
 //! - [`advertiser`]: keeps the DHT in step with the content index.
 //! - [`mirror`]: fetching from peers: weighted peer choice, timeouts, verification.
 //! - [`registry`]: the HTTP face: the pull-only distribution API and health endpoints.
+//! - [`health`]: readiness and liveness.
 //! - [`metrics`]: every Prometheus metric, in one registry passed in.
 //! - [`app`]: wiring, and shutdown through one token and one task tracker.
 //! - [`cli`]: the clap tree, turned into per-component configs.
@@ -20,6 +21,7 @@ pub mod advertiser;
 pub mod app;
 pub mod cli;
 pub mod content;
+pub mod health;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;

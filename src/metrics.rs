@@ -226,8 +226,8 @@ impl Metrics {
         self.inner.advertised_keys.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    pub fn advertise_failed(&self) {
-        self.inner.advertise_failures.inc();
+    pub fn advertise_failed(&self, keys: u64) {
+        self.inner.advertise_failures.inc_by(keys);
     }
 
     pub fn set_connected_peers(&self, n: usize) {

@@ -8,7 +8,6 @@
 //! Never proxies anywhere but to peers the router returned (via `mirror`).
 
 mod blobs;
-mod health;
 mod manifests;
 pub mod response;
 pub mod server;
@@ -19,10 +18,10 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::content::ContentIndex;
+use crate::health::{self, Health};
 use crate::metrics::{Metrics, Source};
 use crate::mirror::{MIRRORED_HEADER, Mirror};
 use crate::oci::{ByteRange, DistributionPath, PathError, PathKind, Registry};
-pub use health::Health;
 use response::{Body, ErrorCode, oci_error};
 
 /// Which upstream registries this node serves.

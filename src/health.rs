@@ -1,11 +1,14 @@
-//! Liveness and readiness.
+//! Liveness and readiness: whether this node should receive traffic.
+//!
+//! Ready means: the local content was indexed once, the router is ready
+//! (connected to a peer, or a single node), and shutdown has not begun.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{Response, StatusCode};
 
-use super::response::{Body, text};
+use crate::registry::response::{Body, text};
 use crate::routing::Router;
 
 /// Whether this node should receive traffic. Cheap to clone.
