@@ -16,10 +16,12 @@
 //! - [`metrics`]: every Prometheus metric, in one registry passed in.
 //! - [`app`]: wiring, and shutdown through one token and one task tracker.
 //! - [`cli`]: the clap tree, turned into per-component configs.
+//! - [`configure`]: `shoal configure` / `shoal cleanup`: containerd hosts.toml files and their backup.
 
 pub mod advertiser;
 pub mod app;
 pub mod cli;
+pub mod configure;
 pub mod content;
 pub mod health;
 pub mod metrics;
