@@ -1,1 +1,203 @@
-//! TODO
+//! Wiring: builds every component from its config, runs them on one
+//! `TaskTracker` under one `CancellationToken`, and shuts down on SIGTERM or
+//! SIGINT: readiness fails, listeners close, in-flight transfers get until
+//! the drain deadline to finish.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::advertiser::{Advertiser, AdvertiserConfig};
+use crate::content::{ContainerdConfig, ContainerdStore, ContentIndex, ContentStore};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::mirror::{Mirror, MirrorConfig, PeerScores, PeerTimeouts};
+use crate::registry::response::{Body, text};
+use crate::registry::{RegistryConfig, RegistryHandler, server};
+use crate::routing::Router;
+use crate::routing::p2p::{self, BootstrapPeer, P2pConfig};
+
+/// Most providers asked for one key: the DHT keeps at most 20 per key.
+const LOOKUP_LIMIT: usize = 20;
+/// containerd events buffered between the watcher and the advertiser.
+const EVENT_BUFFER: usize = 1024;
+
+/// Everything `shoal run` needs, built by the CLI.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub registry_addr: SocketAddr,
+    pub router_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub containerd: ContainerdConfig,
+    pub data_dir: Option<PathBuf>,
+    pub bootstrap_peers: Vec<BootstrapPeer>,
+    pub bootstrap_dns: Option<String>,
+    pub registry: RegistryConfig,
+    pub resolve_timeout: Duration,
+    pub peer_timeouts: PeerTimeouts,
+    pub max_peer_attempts: usize,
+    pub provider_ttl: Duration,
+    pub advertiser: AdvertiserConfig,
+    pub drain_timeout: Duration,
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Router(#[from] p2p::Error),
+    #[error(transparent)]
+    State(#[from] crate::state::Error),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot create the spool directory {path}: {source}")]
+    Spool { path: PathBuf, source: std::io::Error },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+}
+
+/// Runs a node until SIGTERM or SIGINT, then drains.
+pub async fn run(config: RunConfig) -> Result<(), Error> {
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let node = start(config.clone(), token.clone(), tracker.clone()).await?;
+    tracker.close();
+    tracing::info!(registry = %config.registry_addr, router = %config.router_addr, metrics = %config.metrics_addr, name = %node.name, "shoal is running");
+    shutdown_signal().await?;
+    tracing::info!(deadline = ?config.drain_timeout, "shutting down: draining in-flight transfers");
+    node.health.set_draining();
+    token.cancel();
+    if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
+        tracing::warn!("drain deadline passed; abandoning the transfers still in flight");
+    }
+    Ok(())
+}
+
+/// A started node's handles.
+pub struct Node {
+    pub name: String,
+    pub health: Health,
+}
+
+/// Binds every listener and spawns every task on `tracker`.
+pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTracker) -> Result<Node, Error> {
+    let metrics = Metrics::new()?;
+    let identity = crate::state::load_or_create_identity(config.data_dir.as_deref())?;
+    let spool_dir = spool_dir(config.data_dir.as_deref())?;
+    let registry_listener = bind(config.registry_addr).await?;
+    let metrics_listener = bind(config.metrics_addr).await?;
+
+    let p2p_config = P2pConfig {
+        listen: config.router_addr,
+        registry_port: config.registry_addr.port(),
+        bootstrap: config.bootstrap_peers,
+        bootstrap_dns: config.bootstrap_dns,
+        provider_ttl: config.provider_ttl,
+        resolve_timeout: config.resolve_timeout,
+        identity,
+    };
+    let p2p_router = p2p::start(p2p_config, token.clone(), &tracker).await?;
+    let name = p2p_router.local_name().to_string();
+    let router: Arc<dyn Router> = Arc::new(p2p_router);
+    let store: Arc<dyn ContentStore> = Arc::new(ContainerdStore::new(config.containerd));
+    let index = ContentIndex::new(store.clone());
+    let health = Health::new(router.clone());
+    let mirror_config = MirrorConfig {
+        timeouts: config.peer_timeouts,
+        max_attempts: config.max_peer_attempts,
+        lookup_limit: LOOKUP_LIMIT,
+        spool_dir,
+    };
+    let mirror = Mirror::new(router.clone(), Arc::new(PeerScores::new()), metrics.clone(), mirror_config);
+
+    let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+    tracker.spawn(watch_content(store, events_tx, token.clone()));
+    let advertiser = Advertiser::new(index.clone(), router.clone(), metrics.clone(), health.clone(), config.advertiser);
+    tracker.spawn(advertiser.run(events_rx, token.clone()));
+
+    let handler = RegistryHandler::new(index, mirror.clone(), metrics.clone(), health.clone(), config.registry);
+    let serve_registry = move |req| {
+        let handler = handler.clone();
+        async move { handler.handle(req).await }
+    };
+    tracker.spawn(server::serve(registry_listener, serve_registry, token.clone(), tracker.clone()));
+    let status = StatusPages { metrics, router, mirror };
+    let serve_status = move |req| {
+        let status = status.clone();
+        async move { status.handle(&req) }
+    };
+    tracker.spawn(server::serve(metrics_listener, serve_status, token, tracker.clone()));
+    Ok(Node { name, health })
+}
+
+async fn watch_content(store: Arc<dyn ContentStore>, events: mpsc::Sender<crate::content::ContentEvent>, token: CancellationToken) {
+    tokio::select! {
+        () = token.cancelled() => {}
+        () = store.watch(events) => {}
+    }
+}
+
+/// Spooled downloads go under the data directory, else the system temp dir.
+fn spool_dir(data_dir: Option<&std::path::Path>) -> Result<PathBuf, Error> {
+    let path = match data_dir {
+        Some(dir) => dir.join("spool"),
+        None => std::env::temp_dir().join(format!("shoal-spool-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&path).map_err(|source| Error::Spool { path: path.clone(), source })?;
+    Ok(path)
+}
+
+/// `/metrics` and `/status/peers` on the metrics address.
+#[derive(Clone)]
+struct StatusPages {
+    metrics: Metrics,
+    router: Arc<dyn Router>,
+    mirror: Mirror,
+}
+
+impl StatusPages {
+    fn handle(&self, req: &Request<Incoming>) -> Response<Body> {
+        match req.uri().path() {
+            "/metrics" => {
+                self.metrics.set_connected_peers(self.router.connected_peers());
+                match self.metrics.encode() {
+                    Ok(body) => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body),
+                    Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", error.to_string()),
+                }
+            }
+            "/status/peers" => {
+                let body = serde_json::json!({
+                    "connected_peers": self.router.connected_peers(),
+                    "scores": self.mirror.scores().snapshot(),
+                });
+                text(StatusCode::OK, "application/json", body.to_string())
+            }
+            _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        }
+    }
+}
+
+async fn shutdown_signal() -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}

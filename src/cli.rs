@@ -1,1 +1,256 @@
-//! TODO
+//! The command line: one clap derive tree where every flag is also a
+//! `SHOAL_*` environment variable, turned once into the small per-component
+//! config structs that the library takes. The library never sees clap.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::app::RunConfig;
+use crate::configure::{ConfigureConfig, MirrorTarget, Upstream};
+use crate::mirror::PeerTimeouts;
+use crate::oci::Registry;
+use crate::routing::p2p::BootstrapPeer;
+
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about = "Peer-to-peer container image mirror for Kubernetes nodes")]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the mirror: advertise local containerd content and serve pulls.
+    Run(Box<RunArgs>),
+    /// Point containerd at Shoal by writing hosts.toml files.
+    Configure(ConfigureArgs),
+    /// Restore the containerd configuration that `configure` replaced.
+    Cleanup(CleanupArgs),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter, in tracing's env-filter syntax (e.g. `info,shoal=debug`).
+    #[arg(long, env = "SHOAL_LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 3s, 10m)"))
+}
+
+/// An upstream registry given as a URL or a bare host, as containerd names it in `ns`.
+fn registry(s: &str) -> Result<Registry, String> {
+    let upstream: Upstream = s.parse().map_err(|e| format!("{e}"))?;
+    upstream.host().parse().map_err(|e| format!("{e}"))
+}
+
+fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from) * 32
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address of the registry mirror API (containerd and peers connect here).
+    #[arg(long, env = "SHOAL_REGISTRY_ADDR", default_value = "0.0.0.0:5000")]
+    pub registry_addr: SocketAddr,
+    /// Address of the libp2p router.
+    #[arg(long, env = "SHOAL_ROUTER_ADDR", default_value = "0.0.0.0:5001")]
+    pub router_addr: SocketAddr,
+    /// Address of the Prometheus metrics endpoint.
+    #[arg(long, env = "SHOAL_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// containerd's gRPC socket.
+    #[arg(long, env = "SHOAL_CONTAINERD_SOCK", default_value = "/run/containerd/containerd.sock")]
+    pub containerd_sock: PathBuf,
+    /// containerd namespace whose images are advertised.
+    #[arg(long, env = "SHOAL_CONTAINERD_NAMESPACE", default_value = "k8s.io")]
+    pub containerd_namespace: String,
+    /// containerd's content directory; blobs are read from disk when it is readable.
+    #[arg(long, env = "SHOAL_CONTAINERD_CONTENT_PATH")]
+    pub containerd_content_path: Option<PathBuf>,
+    /// Directory for persistent state (node identity) and spooled downloads.
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Peers to bootstrap from: comma-separated multiaddrs, with or without /p2p/<peer id>.
+    #[arg(long, env = "SHOAL_BOOTSTRAP_PEERS", value_delimiter = ',')]
+    pub bootstrap_peers: Vec<BootstrapPeer>,
+    /// A DNS name (e.g. a headless Service) whose every A/AAAA record is a peer.
+    #[arg(long, env = "SHOAL_BOOTSTRAP_DNS")]
+    pub bootstrap_dns: Option<String>,
+    /// Upstream registries to serve, comma-separated (e.g. https://docker.io); empty serves all.
+    #[arg(long, env = "SHOAL_MIRRORED_REGISTRIES", value_delimiter = ',', value_parser = registry)]
+    pub mirrored_registries: Vec<Registry>,
+    /// Longest a provider lookup may take.
+    #[arg(long, env = "SHOAL_RESOLVE_TIMEOUT", default_value = "3s", value_parser = duration)]
+    pub resolve_timeout: Duration,
+    /// Longest a TCP connect to a peer may take.
+    #[arg(long, env = "SHOAL_PEER_CONNECT_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    pub peer_connect_timeout: Duration,
+    /// Longest a peer may take to send response headers.
+    #[arg(long, env = "SHOAL_PEER_HEADER_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub peer_header_timeout: Duration,
+    /// Longest a peer's response body may stall before the next peer takes over.
+    #[arg(long, env = "SHOAL_PEER_STALL_TIMEOUT", default_value = "3s", value_parser = duration)]
+    pub peer_stall_timeout: Duration,
+    /// Peers tried for one request before answering 404.
+    #[arg(long, env = "SHOAL_MAX_PEER_ATTEMPTS", default_value_t = 4)]
+    pub max_peer_attempts: usize,
+    /// How long other nodes keep this node's provider records.
+    #[arg(long, env = "SHOAL_PROVIDER_TTL", default_value = "10m", value_parser = duration)]
+    pub provider_ttl: Duration,
+    /// How often every key is advertised again (must be shorter than the TTL).
+    #[arg(long, env = "SHOAL_READVERTISE_INTERVAL", default_value = "5m", value_parser = duration)]
+    pub readvertise_interval: Duration,
+    /// Advertisements in flight at once (default: 32 per CPU).
+    #[arg(long, env = "SHOAL_ADVERTISE_CONCURRENCY", default_value_t = default_concurrency())]
+    pub advertise_concurrency: usize,
+    /// Longest a shutdown waits for in-flight transfers.
+    #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub drain_timeout: Duration,
+}
+
+/// A flag combination that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("--readvertise-interval ({interval:?}) must be shorter than --provider-ttl ({ttl:?})")]
+    ReadvertiseNotBeforeExpiry { interval: Duration, ttl: Duration },
+    #[error("--{0} must be at least 1")]
+    Zero(&'static str),
+}
+
+impl RunArgs {
+    /// Checks the flags together and turns them into the components' configs.
+    pub fn into_config(self) -> Result<RunConfig, UsageError> {
+        if self.readvertise_interval >= self.provider_ttl {
+            return Err(UsageError::ReadvertiseNotBeforeExpiry {
+                interval: self.readvertise_interval,
+                ttl: self.provider_ttl,
+            });
+        }
+        if self.max_peer_attempts == 0 {
+            return Err(UsageError::Zero("max-peer-attempts"));
+        }
+        if self.advertise_concurrency == 0 {
+            return Err(UsageError::Zero("advertise-concurrency"));
+        }
+        Ok(RunConfig {
+            registry_addr: self.registry_addr,
+            router_addr: self.router_addr,
+            metrics_addr: self.metrics_addr,
+            containerd: crate::content::ContainerdConfig {
+                socket: self.containerd_sock,
+                namespace: self.containerd_namespace,
+                content_path: self.containerd_content_path,
+            },
+            data_dir: self.data_dir,
+            bootstrap_peers: self.bootstrap_peers,
+            bootstrap_dns: self.bootstrap_dns,
+            registry: crate::registry::RegistryConfig { mirrored: self.mirrored_registries },
+            resolve_timeout: self.resolve_timeout,
+            peer_timeouts: PeerTimeouts {
+                connect: self.peer_connect_timeout,
+                headers: self.peer_header_timeout,
+                stall: self.peer_stall_timeout,
+            },
+            max_peer_attempts: self.max_peer_attempts,
+            provider_ttl: self.provider_ttl,
+            advertiser: crate::advertiser::AdvertiserConfig {
+                readvertise_interval: self.readvertise_interval,
+                concurrency: self.advertise_concurrency,
+            },
+            drain_timeout: self.drain_timeout,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigureArgs {
+    /// containerd's registry config_path.
+    #[arg(long, env = "SHOAL_CONTAINERD_CONFIG_PATH", default_value = "/etc/containerd/certs.d")]
+    pub containerd_config_path: PathBuf,
+    /// Shoal mirror URLs, in the order containerd should try them (e.g. http://127.0.0.1:5000).
+    #[arg(long, env = "SHOAL_MIRROR_TARGETS", value_delimiter = ',', required = true)]
+    pub mirror_targets: Vec<MirrorTarget>,
+    /// Upstream registries to mirror (e.g. https://docker.io); empty configures `_default` for all.
+    #[arg(long, env = "SHOAL_MIRRORED_REGISTRIES", value_delimiter = ',')]
+    pub mirrored_registries: Vec<Upstream>,
+    /// Keep the existing hosts after Shoal's.
+    #[arg(long, env = "SHOAL_PREPEND_EXISTING")]
+    pub prepend_existing: bool,
+}
+
+impl ConfigureArgs {
+    pub fn into_config(self) -> ConfigureConfig {
+        ConfigureConfig {
+            config_path: self.containerd_config_path,
+            mirror_targets: self.mirror_targets,
+            upstreams: self.mirrored_registries,
+            prepend_existing: self.prepend_existing,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// containerd's registry config_path.
+    #[arg(long, env = "SHOAL_CONTAINERD_CONFIG_PATH", default_value = "/etc/containerd/certs.d")]
+    pub containerd_config_path: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flags_become_configs() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "run",
+            "--bootstrap-peers",
+            "/ip4/127.0.0.1/tcp/5001,/ip4/127.0.0.2/tcp/5001",
+            "--mirrored-registries",
+            "https://docker.io,http://127.0.0.200:5000",
+            "--resolve-timeout",
+            "250ms",
+        ]);
+        let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
+        let config = args.into_config().map_err(|e| e.to_string());
+        let Ok(config) = config else { panic!("{config:?}") };
+        assert_eq!(config.bootstrap_peers.len(), 2);
+        let mirrored: Vec<String> = config.registry.mirrored.iter().map(ToString::to_string).collect();
+        assert_eq!(mirrored, ["docker.io", "127.0.0.200:5000"]);
+        assert_eq!(config.resolve_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn bad_flags_are_rejected_with_a_message() {
+        let err = Cli::try_parse_from(["shoal", "run", "--resolve-timeout", "soon"]).map(|_| ());
+        assert!(err.is_err_and(|e| e.to_string().contains("500ms")));
+        let cli = Cli::try_parse_from(["shoal", "run", "--readvertise-interval", "20m"]);
+        let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
+        assert!(matches!(args.into_config(), Err(UsageError::ReadvertiseNotBeforeExpiry { .. })));
+    }
+}

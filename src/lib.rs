@@ -29,3 +29,4 @@ pub mod mirror;
 pub mod oci;
 pub mod registry;
 pub mod routing;
+pub mod state;
