@@ -75,8 +75,25 @@ async fn real_containerd_watch_reconnects_after_restart() -> anyhow::Result<()> 
     seeder.put_image("registry.test/restart/app:v1", target).await.map_err(anyhow::Error::from_boxed)?;
     assert_eq!(next(&mut events).await, ContentEvent::ImageChanged { name: "registry.test/restart/app:v1".to_owned() });
 
+    let images = store.images().await?;
+    assert_eq!(images.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["registry.test/restart/app:v1"]);
+
     drop(events);
     tokio::time::timeout(WAIT, watch).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_containerd_that_hangs_fails_calls_with_unavailable_until_it_answers_again() -> anyhow::Result<()> {
+    let daemon = Containerd::start().await?;
+    let store = daemon.store("hung", false);
+    assert_eq!(store.images().await?, []);
+
+    daemon.signal("STOP")?;
+    let hung = tokio::time::timeout(WAIT, store.images()).await;
+    daemon.signal("CONT")?;
+    assert!(matches!(hung, Ok(Err(Error::Unavailable(_)))), "a frozen daemon: {hung:?}");
+    assert_eq!(tokio::time::timeout(WAIT, store.images()).await??, []);
     Ok(())
 }
 

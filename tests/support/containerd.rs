@@ -80,6 +80,15 @@ impl Containerd {
         Ok(())
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the daemon, by PID: it keeps
+    /// accepting connections but answers nothing while frozen.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.child.as_ref().map(Child::id).context("containerd is not running")?;
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed: {status}");
+        Ok(())
+    }
+
     /// Starts the daemon again on the same config, root and socket.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill()?;
