@@ -65,7 +65,7 @@ async fn scenario(store: &impl ContentStore, seeder: &impl Seeder, mut events: m
     seeder.put_image(name, first.clone()).await.expect("create image");
     expect_event(&mut events, ContentEvent::ImageChanged { name: name.to_owned() }).await;
     let record = ImageRecord { name: name.to_owned(), target: first };
-    assert_eq!(store.images().await.expect("list images"), [record.clone()]);
+    assert_eq!(store.images().await.expect("list images"), std::slice::from_ref(&record));
     assert_eq!(store.image(name).await.expect("get image"), Some(record));
     assert_eq!(store.image("registry.test/contract/absent:v1").await.expect("get absent image"), None);
 

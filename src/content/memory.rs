@@ -177,17 +177,29 @@ impl ContentStore for MemoryStore {
             };
             let forwarded = match event {
                 Ok(event) => events.send(event).await,
-                // Missed events: tell the watcher to start over, as a reconnect would.
-                Err(broadcast::error::RecvError::Lagged(_)) => match events.send(ContentEvent::Disconnected).await {
-                    Ok(()) => events.send(ContentEvent::Connected).await,
-                    Err(closed) => Err(closed),
-                },
+                Err(broadcast::error::RecvError::Lagged(_)) => self.restart_lagging_watcher(&events).await,
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             if forwarded.is_err() {
                 return;
             }
         }
+    }
+}
+
+impl MemoryStore {
+    /// A watcher missed events: tell it to start over, as a reconnect would.
+    /// (If the store is disconnected, `reconnect` will send `Connected`.)
+    async fn restart_lagging_watcher(
+        &self,
+        events: &mpsc::Sender<ContentEvent>,
+    ) -> Result<(), mpsc::error::SendError<ContentEvent>> {
+        events.send(ContentEvent::Disconnected).await?;
+        let connected = !self.state().disconnected;
+        if connected {
+            events.send(ContentEvent::Connected).await?;
+        }
+        Ok(())
     }
 }
 

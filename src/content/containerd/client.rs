@@ -37,7 +37,8 @@ pub(super) struct Client {
     endpoint: Result<Endpoint, String>,
     namespace: String,
     /// Created on first use: building a channel spawns its worker task, which
-    /// needs a runtime, and `ContainerdStore::new` must work without one.
+    /// needs a runtime, and `ContainerdStore::new` must work without one. The
+    /// channel then lives on the runtime that first used it.
     channel: OnceLock<Channel>,
 }
 

@@ -43,6 +43,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// failure report `Disconnected` (once per lost subscription) and retry.
 pub(super) async fn watch(client: &Client, events: mpsc::Sender<ContentEvent>) {
     let mut backoff = Backoff::default();
+    let mut failed_attempts = 0u32;
     loop {
         let outcome = tokio::select! {
             outcome = session(client, &events) => outcome,
@@ -51,11 +52,18 @@ pub(super) async fn watch(client: &Client, events: mpsc::Sender<ContentEvent>) {
         match outcome {
             Outcome::ReceiverClosed => return,
             Outcome::NotConnected(error) => {
-                tracing::debug!(%error, "containerd event subscription failed, retrying");
+                // Warn once per outage, not on every retry.
+                if failed_attempts == 0 {
+                    tracing::warn!(%error, "cannot subscribe to containerd events, retrying");
+                } else {
+                    tracing::debug!(%error, attempt = failed_attempts + 1, "containerd event subscription failed");
+                }
+                failed_attempts = failed_attempts.saturating_add(1);
             }
             Outcome::Lost(error) => {
                 tracing::warn!(%error, "containerd event subscription lost, reconnecting");
                 backoff = Backoff::default();
+                failed_attempts = 0;
                 if events.send(ContentEvent::Disconnected).await.is_err() {
                     return;
                 }

@@ -98,3 +98,20 @@ async fn reads_come_in_chunks_and_a_range_past_the_end_fails() {
     assert_eq!(past_end[0].as_ref().unwrap().len(), 10);
     assert_eq!(past_end[1].as_ref().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
 }
+
+#[tokio::test]
+async fn a_watcher_that_falls_behind_is_told_to_rescan() {
+    let store = MemoryStore::new();
+    let (tx, mut rx) = mpsc::channel(1);
+    let watcher = store.clone();
+    let _task = tokio::spawn(async move { watcher.watch(tx).await });
+    assert_eq!(next(&mut rx).await, ContentEvent::Connected);
+    for i in 0..EVENT_BACKLOG + 10 {
+        store.put_image(&format!("registry.test/app:{i}"), target(Digest::of(b"m")));
+    }
+    let mut seen = Vec::new();
+    while seen.last() != Some(&ContentEvent::Connected) {
+        seen.push(next(&mut rx).await);
+    }
+    assert_eq!(seen[seen.len() - 2], ContentEvent::Disconnected, "a rescan is announced as a reconnect");
+}
