@@ -185,7 +185,12 @@ impl EventLoop {
                     self.lookups.unreachable(peer);
                 }
             }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                tracing::info!(%address, "p2p no longer listening");
+                self.swarm.remove_external_address(&address);
+            }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "p2p listener error"),
+            SwarmEvent::ListenerClosed { reason: Err(error), .. } => tracing::error!(%error, "p2p listener closed"),
             other => tracing::debug!(event = ?other, "swarm event ignored"),
         }
     }
@@ -206,12 +211,13 @@ impl EventLoop {
     }
 
     fn on_kad_event(&mut self, event: kad::Event) {
-        let kad::Event::OutboundQueryProgressed { id, result, step, .. } = event else {
+        let kad::Event::OutboundQueryProgressed { id, result, step, stats } = event else {
             tracing::debug!(?event, "kademlia event ignored");
             return;
         };
         match result {
             kad::QueryResult::StartProviding(outcome) => {
+                tracing::debug!(?stats, "provide query ended");
                 if let Err(e) = &outcome {
                     // The record is stored locally; reaching fewer peers is not a failure.
                     tracing::debug!(error = %e, "provider announcement incomplete");
