@@ -5,15 +5,19 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ::http::Method;
 use anyhow::{Context, Result};
 use shoal::configure::{ConfigureConfig, MirrorTarget, Upstream, configure};
 
 use crate::containerd::Containerd;
 use crate::cri::Cri;
 use crate::ctr::Ctr;
-use crate::image::BuiltImage;
+use crate::http;
+use crate::image::{BuiltImage, OCI_INDEX, OCI_MANIFEST};
 use crate::metrics::Metrics;
+use crate::registry::REGISTRY_ADDR;
 use crate::shoal::{Shoal, ShoalOptions, mirror_url};
+use crate::wait::poll_until;
 
 /// First group id of node containerds; node i runs as `NODE_GID_BASE + i`.
 pub const NODE_GID_BASE: u32 = 47_300;
@@ -108,6 +112,25 @@ impl Node {
         let imported = self.ctr().import(&archive, name, timeout).await;
         std::fs::remove_file(&archive)?;
         imported
+    }
+
+    /// Waits until this node's Shoal answers 200 for the image's tag (a HEAD
+    /// as containerd sends it, with `ns`), i.e. until it can find the image on
+    /// a peer; this keeps a pull from racing the DHT advertisement.
+    pub async fn wait_until_servable(&self, image: &BuiltImage, timeout: Duration) -> Result<()> {
+        let url = format!(
+            "{}/v2/{}/manifests/{}?ns={REGISTRY_ADDR}",
+            self.mirror_url(),
+            image.spec.repository,
+            image.spec.tag
+        );
+        let accept = [OCI_INDEX, OCI_MANIFEST].join(", ");
+        poll_until(&format!("node {} to serve {url}", self.index), timeout, || async {
+            let headers = [("Accept", accept.as_str())];
+            let response = http::request(Method::HEAD, &url, &headers, Duration::from_secs(5)).await?;
+            Ok(response.status.is_success().then_some(()))
+        })
+        .await
     }
 
     /// PIDs of this node's processes.

@@ -83,6 +83,23 @@ impl UpstreamRegistry {
         self.dir.join("registry.log")
     }
 
+    /// The access log after the first `mark` entries, once `ready` holds for
+    /// it: the registry writes a line only after the response is complete,
+    /// which may be just after the client has its bytes.
+    pub async fn access_log_when(
+        &self,
+        mark: usize,
+        timeout: Duration,
+        ready: impl Fn(&AccessLog) -> bool,
+    ) -> Result<AccessLog> {
+        poll_until("the registry access log to show the expected requests", timeout, || {
+            let log = self.access_log().map(|log| log.since(mark));
+            let ready = log.as_ref().map(&ready).unwrap_or(false);
+            async move { Ok(ready.then_some(log?)) }
+        })
+        .await
+    }
+
     /// Everything in the access log so far.
     pub fn access_log(&self) -> Result<AccessLog> {
         let text = fs::read_to_string(self.log_path())

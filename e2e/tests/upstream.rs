@@ -10,9 +10,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use shoal_e2e::registry::AccessLog;
 use shoal_e2e::{BuiltImage, Cluster, ClusterOptions, ImageSpec, image};
 
 const PULL_TIMEOUT: Duration = Duration::from_secs(90);
+const LOG_TIMEOUT: Duration = Duration::from_secs(5);
 const PUSH_TIMEOUT: Duration = Duration::from_secs(120);
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -24,9 +26,16 @@ async fn build_and_push(cluster: &Cluster, spec: &ImageSpec) -> Result<(BuiltIma
     Ok((built, dir))
 }
 
+/// The access log after `mark`, once it shows at least one GET of every host-platform blob.
+async fn log_after_pull(cluster: &Cluster, mark: usize, image: &BuiltImage) -> Result<AccessLog> {
+    let wanted: Vec<String> = image.host_platform()?.blobs().iter().map(|d| d.digest.clone()).collect();
+    let registry = cluster.registry()?;
+    registry.access_log_when(mark, LOG_TIMEOUT, |log| wanted.iter().all(|d| log.blob_gets_of(d) > 0)).await
+}
+
 /// Every blob of the host platform was fetched exactly once, by `client` only,
 /// and no blob of another platform was fetched.
-fn assert_fetched_once_by(log: &shoal_e2e::registry::AccessLog, image: &BuiltImage, client: IpAddr) -> Result<()> {
+fn assert_fetched_once_by(log: &AccessLog, image: &BuiltImage, client: IpAddr) -> Result<()> {
     let platform = image.host_platform()?;
     for blob in platform.blobs() {
         let gets = log.blob_gets();
@@ -61,14 +70,14 @@ async fn pulls_fall_back_to_the_upstream_when_the_mirror_is_down() -> Result<()>
         let pulled = node.cri().pull(&cri_ref, PULL_TIMEOUT).await?;
         ensure!(pulled.image_ref.starts_with("sha256:"), "odd image ref {}", pulled.image_ref);
         ensure!(node.cri().has_image(&cri_ref).await?, "CRI does not list {cri_ref} on node {}", node.index);
-        let log = cluster.registry()?.access_log()?.since(mark);
+        let log = log_after_pull(&cluster, mark, &cri_image).await?;
         assert_fetched_once_by(&log, &cri_image, IpAddr::V4(node.ip))
             .with_context(|| format!("CRI pull on node {}", node.index))?;
 
         let mark = cluster.registry()?.access_log()?.entries.len();
         let elapsed = node.ctr().pull(&ctr_ref, &node.certs_dir(), PULL_TIMEOUT).await?;
         ensure!(node.ctr().image_names().await?.contains(&ctr_ref), "ctr does not list {ctr_ref}");
-        let log = cluster.registry()?.access_log()?.since(mark);
+        let log = log_after_pull(&cluster, mark, &ctr_image).await?;
         assert_fetched_once_by(&log, &ctr_image, IpAddr::V4(node.ip))
             .with_context(|| format!("ctr pull on node {}", node.index))?;
         eprintln!("node {}: CRI pull {:?}, ctr pull {:?}", node.index, pulled.elapsed, elapsed);
