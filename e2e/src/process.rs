@@ -5,12 +5,14 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use crate::wait::Fatal;
 
 /// How long a process gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -22,6 +24,7 @@ pub struct ChildGuard {
     name: String,
     child: Option<Child>,
     log_path: PathBuf,
+    exit_status: Option<ExitStatus>,
 }
 
 impl ChildGuard {
@@ -38,7 +41,7 @@ impl ChildGuard {
             .stderr(log)
             .spawn()
             .with_context(|| format!("start {name}: {command:?}"))?;
-        Ok(Self { name: name.to_owned(), child: Some(child), log_path: log_path.to_path_buf() })
+        Ok(Self { name: name.to_owned(), child: Some(child), log_path: log_path.to_path_buf(), exit_status: None })
     }
 
     pub fn name(&self) -> &str {
@@ -56,7 +59,15 @@ impl ChildGuard {
 
     /// Whether the process is still running (reaps it if it exited).
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+        let Some(child) = self.child.as_mut() else { return false };
+        match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                self.exit_status = Some(status);
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Fails with the log's tail if the process has exited.
@@ -64,7 +75,9 @@ impl ChildGuard {
         if self.is_running() {
             return Ok(());
         }
-        anyhow::bail!("{} is not running; last log lines:\n{}", self.name, self.log_tail(TAIL_LINES))
+        let status = self.exit_status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
+        let message = format!("{} exited ({status}); last log lines:\n{}", self.name, self.log_tail(TAIL_LINES));
+        Err(Fatal(message).into())
     }
 
     /// Sends `signal` (e.g. SIGSTOP / SIGCONT to simulate a hung process).

@@ -57,8 +57,7 @@ impl Shoal {
             .arg(containerd.content_dir())
             .arg("--data-dir")
             .arg(&options.data_dir)
-            .args(["--log-format", "json"])
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()));
+            .args(["--log-format", "json"]);
         if let Some(peer) = options.bootstrap {
             command.args(["--bootstrap-peers", &format!("/ip4/{peer}/tcp/{ROUTER_PORT}")]);
         }

@@ -9,8 +9,15 @@ use tokio::time::Instant;
 /// Interval between two checks of a condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// An error that ends a [`poll_until`] at once instead of being retried
+/// (e.g. the process being waited for has exited).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
 /// Polls `check` until it returns `Ok(Some(value))`, or fails after `timeout`
-/// with the last error (or "still false") and `what` in the message.
+/// with the last error (or "still false") and `what` in the message. A
+/// [`Fatal`] error fails at once.
 pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -21,6 +28,7 @@ where
         let last = match check().await {
             Ok(Some(value)) => return Ok(value),
             Ok(None) => "condition not met yet".to_owned(),
+            Err(err) if err.is::<Fatal>() => return Err(err.context(format!("while waiting for {what}"))),
             Err(err) => format!("{err:#}"),
         };
         if Instant::now() >= deadline {
