@@ -144,7 +144,11 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
     Ok(Node { name, health })
 }
 
-async fn watch_content(store: Arc<dyn ContentStore>, events: mpsc::Sender<crate::content::ContentEvent>, token: CancellationToken) {
+async fn watch_content(
+    store: Arc<dyn ContentStore>,
+    events: mpsc::Sender<crate::content::ContentEvent>,
+    token: CancellationToken,
+) {
     tokio::select! {
         () = token.cancelled() => {}
         () = store.watch(events) => {}

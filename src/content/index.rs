@@ -184,3 +184,6 @@ impl ContentIndex {
         self.state.read().map(|s| s.images.len()).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -148,12 +148,10 @@ fn api_base(head: bool) -> Response<Body> {
 /// The `ns` query parameter: which upstream registry containerd is pulling from.
 fn ns_param(query: Option<&str>) -> Result<Option<Registry>, String> {
     let Some(query) = query else { return Ok(None) };
-    for pair in query.split('&') {
-        if let Some(value) = pair.strip_prefix("ns=") {
-            return value.parse().map(Some).map_err(|e: crate::oci::NameError| e.to_string());
-        }
-    }
-    Ok(None)
+    let Some((_, value)) = form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "ns") else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|e: crate::oci::NameError| e.to_string())
 }
 
 /// The request's `Range` header, parsed; `Ok(None)` when absent.
@@ -171,6 +169,8 @@ mod tests {
     fn ns_is_parsed_and_validated() {
         assert_eq!(ns_param(Some("ns=docker.io")).ok().flatten().map(|r| r.to_string()).as_deref(), Some("docker.io"));
         assert_eq!(ns_param(Some("x=1")), Ok(None));
+        let encoded = ns_param(Some("ns=127.0.0.200%3A5000")).ok().flatten().map(|r| r.to_string());
+        assert_eq!(encoded.as_deref(), Some("127.0.0.200:5000"));
         assert_eq!(ns_param(None), Ok(None));
         assert!(ns_param(Some("ns=bad/host")).is_err());
     }

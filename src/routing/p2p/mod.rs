@@ -1,1 +1,142 @@
-//! TODO
+//! The libp2p implementation of [`Router`](crate::routing::Router): a
+//! Kademlia DHT of Shoal nodes over TCP, noise and yamux.
+//!
+//! Owns: the node's configuration and start-up (binding the listener,
+//! spawning the swarm task and the bootstrap task). This is the only module
+//! in the crate that imports libp2p; nothing outside it sees a PeerId or a
+//! Multiaddr.
+//!
+//! # Layout
+//! - [`identity`]: the ed25519 keypair and the node's name.
+//! - `behaviour`: the protocols (Kademlia, identify, ping) and their settings.
+//! - `event_loop`: the one task that owns the swarm.
+//! - `client`: [`P2pRouter`], the cloneable handle that sends it commands.
+//! - `lookups`: provider lookups in flight and when each ends.
+//! - `addresses`: announced addresses and the registry endpoint rule.
+//! - `bootstrap`: bootstrap peers, DNS, and the reconnect schedule.
+//! - `transport`: TCP + noise + yamux, dialling from fresh ports.
+
+mod addresses;
+mod behaviour;
+mod bootstrap;
+mod client;
+mod event_loop;
+mod identity;
+mod lookups;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::Swarm;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use bootstrap::{BootstrapPeer, BootstrapPeerError};
+pub use client::P2pRouter;
+pub use identity::Identity;
+
+use addresses::{AddressBook, EndpointRule, tcp_multiaddr};
+use behaviour::Behaviour;
+use bootstrap::BootstrapPlan;
+use client::{COMMAND_CAPACITY, Shared};
+use event_loop::EventLoop;
+
+/// Connections without traffic stay open this long, so peers stay connected.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// How a node joins and serves the peer network.
+#[derive(Debug, Clone)]
+pub struct P2pConfig {
+    /// The TCP address the router listens on; its port is also the port
+    /// bootstrap DNS records are dialled at.
+    pub listen: SocketAddr,
+    /// The registry port, the same on every node of the cluster.
+    pub registry_port: u16,
+    pub bootstrap: Vec<BootstrapPeer>,
+    /// A name (e.g. a headless Service) whose every A/AAAA record is a peer.
+    pub bootstrap_dns: Option<String>,
+    /// How long other nodes keep this node's provider records.
+    pub provider_ttl: Duration,
+    /// How long a lookup may take before its stream ends.
+    pub resolve_timeout: Duration,
+    pub identity: Identity,
+}
+
+impl P2pConfig {
+    pub const DEFAULT_PROVIDER_TTL: Duration = Duration::from_secs(10 * 60);
+    pub const DEFAULT_RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+    /// A node with default timings and no bootstrap peers (a single node).
+    pub fn new(listen: SocketAddr, registry_port: u16, identity: Identity) -> Self {
+        Self {
+            listen,
+            registry_port,
+            bootstrap: Vec::new(),
+            bootstrap_dns: None,
+            provider_ttl: Self::DEFAULT_PROVIDER_TTL,
+            resolve_timeout: Self::DEFAULT_RESOLVE_TIMEOUT,
+            identity,
+        }
+    }
+}
+
+/// Why the p2p router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen for peers on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("cannot set up the p2p transport: {0}")]
+    Transport(String),
+    #[error("invalid node identity: {0}")]
+    Identity(String),
+}
+
+/// Binds the listener and spawns the swarm task (and the bootstrap task if
+/// any peer is configured) on `tracker`. Both end when `token` is cancelled.
+pub async fn start(config: P2pConfig, token: CancellationToken, tracker: &TaskTracker) -> Result<P2pRouter, Error> {
+    ensure_address_free(config.listen)?;
+    let mut swarm = build_swarm(&config)?;
+    swarm
+        .listen_on(tcp_multiaddr(config.listen))
+        .map_err(|e| Error::Listen { addr: config.listen, reason: e.to_string() })?;
+
+    let plan = BootstrapPlan {
+        peers: config.bootstrap,
+        dns: config.bootstrap_dns,
+        router_port: config.listen.port(),
+        listen: config.listen,
+    };
+    let shared = Arc::new(Shared::new(plan.is_empty()));
+    let (commands, inbox) = mpsc::channel(COMMAND_CAPACITY);
+    let router = P2pRouter::new(commands, shared.clone(), config.identity.name(), config.resolve_timeout);
+    let book = AddressBook::new(EndpointRule::new(config.listen.ip(), config.registry_port));
+    tracing::info!(name = %router.local_name(), listen = %config.listen, "starting p2p router");
+
+    tracker.spawn(EventLoop::new(swarm, inbox, shared.clone(), book).run(token.clone()));
+    if !plan.is_empty() {
+        tracker.spawn(bootstrap::run(plan, router.clone(), shared, token));
+    }
+    Ok(router)
+}
+
+/// libp2p listens with SO_REUSEPORT, so a second node on the same address
+/// would silently share the port. A plain bind first turns that into an error.
+fn ensure_address_free(addr: SocketAddr) -> Result<(), Error> {
+    std::net::TcpListener::bind(addr).map(drop).map_err(|e| Error::Listen { addr, reason: e.to_string() })
+}
+
+fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, Error> {
+    let provider_ttl = config.provider_ttl;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(config.identity.keypair().clone())
+        .with_tokio()
+        .with_other_transport(transport::build)
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_behaviour(|key| Behaviour::new(key, provider_ttl))
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,63 @@
+//! The libp2p protocols a Shoal node speaks, and their settings.
+//!
+//! Owns: Kademlia (server mode, Shoal's own protocol name, provider TTL, no
+//! automatic provider republication: the advertiser re-provides on its own
+//! schedule), identify (to learn the addresses peers announce) and ping (to
+//! keep connections alive and notice dead ones). Does not drive the swarm.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, identify, kad, ping};
+
+/// Kademlia protocol name: Shoal nodes form a DHT of their own.
+pub(super) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1.0.0");
+/// The protocol version sent in identify.
+const IDENTIFY_VERSION: &str = "/shoal/id/1.0.0";
+/// Keys (local and remote) the record store holds: a node with many images
+/// advertises tens of thousands of digests, and stores others' records too.
+const MAX_STORED_KEYS: usize = 100_000;
+/// Kademlia's k: providers kept per key, and peers a record is stored on.
+const PROVIDERS_PER_KEY: usize = 20;
+/// How long one Kademlia query may run before it reports a timeout.
+pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(NetworkBehaviour)]
+pub(super) struct Behaviour {
+    pub(super) kad: kad::Behaviour<MemoryStore>,
+    pub(super) identify: identify::Behaviour,
+    pub(super) ping: ping::Behaviour,
+}
+
+impl Behaviour {
+    pub(super) fn new(keypair: &Keypair, provider_ttl: Duration) -> Self {
+        let local = keypair.public().to_peer_id();
+        let store = MemoryStore::with_config(
+            local,
+            MemoryStoreConfig {
+                max_records: MAX_STORED_KEYS,
+                max_provided_keys: MAX_STORED_KEYS,
+                max_providers_per_key: PROVIDERS_PER_KEY,
+                ..MemoryStoreConfig::default()
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(local, store, kad_config(provider_ttl));
+        kad.set_mode(Some(kad::Mode::Server));
+        let identify = identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), keypair.public()));
+        Self { kad, identify, ping: ping::Behaviour::default() }
+    }
+}
+
+fn kad_config(provider_ttl: Duration) -> kad::Config {
+    let mut config = kad::Config::new(KAD_PROTOCOL);
+    config
+        .set_provider_record_ttl(Some(provider_ttl))
+        .set_provider_publication_interval(None)
+        .set_record_ttl(Some(provider_ttl))
+        .set_publication_interval(None)
+        .set_replication_interval(None)
+        .set_query_timeout(QUERY_TIMEOUT);
+    config
+}

@@ -1,0 +1,186 @@
+//! `P2pRouter`: the cheap, cloneable handle through which the rest of Shoal
+//! talks to the swarm task.
+//!
+//! Owns: turning [`Router`] calls into commands on a bounded channel, awaiting
+//! their replies with a time limit, and the state the swarm task publishes
+//! for synchronous readers (peer count, readiness). Never touches the swarm.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::behaviour::QUERY_TIMEOUT;
+use super::bootstrap::Target;
+use crate::oci::Key;
+use crate::routing::{Error, Peer, PeerName, Router};
+
+/// Commands queued for the swarm task before senders wait.
+pub(super) const COMMAND_CAPACITY: usize = 1024;
+/// How long a provide may wait for its query: the query's own limit plus slack.
+const PROVIDE_TIMEOUT: Duration = QUERY_TIMEOUT.saturating_add(Duration::from_secs(15));
+/// Commands that only touch local state answer well within this.
+const LOCAL_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the swarm task is asked to do.
+pub(super) enum Command {
+    Provide {
+        key: Key,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Withdraw {
+        key: Key,
+        reply: oneshot::Sender<()>,
+    },
+    Lookup {
+        key: Key,
+        limit: usize,
+        deadline: Instant,
+        /// Unbounded, but the swarm task sends at most `limit` distinct peers.
+        results: mpsc::UnboundedSender<Peer>,
+    },
+    /// Dial bootstrap targets (fire and forget: connections show in the peer count).
+    Dial {
+        targets: Vec<Target>,
+    },
+}
+
+/// State the swarm task publishes for synchronous readers.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    connected: AtomicUsize,
+    /// True when there is nobody to connect to: no bootstrap configured, or
+    /// bootstrap resolved to this node only.
+    alone: AtomicBool,
+    closed: AtomicBool,
+    /// The addresses this node listens on (a std mutex: never held across an await).
+    listen_addrs: Mutex<Vec<SocketAddr>>,
+}
+
+impl Shared {
+    pub(super) fn new(alone: bool) -> Self {
+        Self { alone: AtomicBool::new(alone), ..Self::default() }
+    }
+
+    pub(super) fn set_connected(&self, peers: usize) {
+        self.connected.store(peers, Ordering::Relaxed);
+    }
+
+    pub(super) fn connected(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_alone(&self, alone: bool) {
+        self.alone.store(alone, Ordering::Relaxed);
+    }
+
+    pub(super) fn set_closed(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.connected.store(0, Ordering::Relaxed);
+    }
+
+    pub(super) fn add_listen_addr(&self, addr: SocketAddr) {
+        self.listen_addrs.lock().unwrap_or_else(PoisonError::into_inner).push(addr);
+    }
+
+    pub(super) fn is_own_address(&self, addr: SocketAddr) -> bool {
+        self.listen_addrs.lock().unwrap_or_else(PoisonError::into_inner).contains(&addr)
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.closed.load(Ordering::Relaxed) && (self.connected() > 0 || self.alone.load(Ordering::Relaxed))
+    }
+}
+
+/// A handle to the libp2p router. Clones share one swarm task.
+#[derive(Clone)]
+pub struct P2pRouter {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    local_name: PeerName,
+    resolve_timeout: Duration,
+}
+
+impl P2pRouter {
+    pub(super) fn new(
+        commands: mpsc::Sender<Command>,
+        shared: Arc<Shared>,
+        local_name: PeerName,
+        resolve_timeout: Duration,
+    ) -> Self {
+        Self { commands, shared, local_name, resolve_timeout }
+    }
+
+    /// This node's name, as other peers see it in lookups.
+    pub fn local_name(&self) -> PeerName {
+        self.local_name.clone()
+    }
+
+    pub(super) async fn send(&self, command: Command) -> Result<(), Error> {
+        self.commands.send(command).await.map_err(|_| Error::Closed)
+    }
+
+    async fn request<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+        limit: Duration,
+    ) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(command(reply)).await?;
+        match tokio::time::timeout(limit, answer).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+}
+
+#[async_trait]
+impl Router for P2pRouter {
+    fn is_ready(&self) -> bool {
+        self.shared.is_ready()
+    }
+
+    fn lookup(&self, key: &Key, limit: usize) -> BoxStream<'static, Peer> {
+        if limit == 0 {
+            return stream::empty().boxed();
+        }
+        let deadline = Instant::now() + self.resolve_timeout;
+        let (results, found) = mpsc::unbounded_channel();
+        let command = Command::Lookup { key: key.clone(), limit, deadline, results };
+        let router = self.clone();
+        let started = async move {
+            if router.send(command).await.is_err() {
+                tracing::debug!("lookup after the router shut down");
+            }
+            UnboundedReceiverStream::new(found)
+        };
+        // The swarm task ends the stream at the limit, the deadline or the
+        // query's end; the guards here only make that independent of it.
+        stream::once(started)
+            .flatten()
+            .take(limit)
+            .take_until(async move { tokio::time::sleep_until(deadline).await })
+            .boxed()
+    }
+
+    async fn provide(&self, key: &Key) -> Result<(), Error> {
+        let key = key.clone();
+        self.request(|reply| Command::Provide { key, reply }, PROVIDE_TIMEOUT).await?
+    }
+
+    async fn withdraw(&self, key: &Key) -> Result<(), Error> {
+        let key = key.clone();
+        self.request(|reply| Command::Withdraw { key, reply }, LOCAL_COMMAND_TIMEOUT).await
+    }
+
+    fn connected_peers(&self) -> usize {
+        self.shared.connected()
+    }
+}

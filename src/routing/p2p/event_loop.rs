@@ -1,0 +1,245 @@
+//! The one task that owns the libp2p swarm.
+//!
+//! Owns: the swarm, the replies owed to callers (provides by query id,
+//! lookups in flight), the address book, and the published peer count.
+//! Runs until the cancellation token fires or every handle is gone. Unknown
+//! or uninteresting events are logged at debug and ignored; nothing here
+//! panics on what the network sends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::kad::store::RecordStore;
+use libp2p::kad::{self, QueryId, RecordKey};
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{PeerId, Swarm, identify};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::addresses::{AddressBook, tcp_multiaddr, tcp_socket_addr};
+use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use super::bootstrap::Target;
+use super::client::{Command, Shared};
+use super::lookups::Lookups;
+use crate::oci::Key;
+use crate::routing::{Error, Peer};
+
+/// How often lookups are checked against their deadlines.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(200);
+
+pub(super) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    book: AddressBook,
+    lookups: Lookups<QueryId>,
+    provides: HashMap<QueryId, oneshot::Sender<Result<(), Error>>>,
+    /// Whether the first Kademlia bootstrap (self-lookup) was started.
+    bootstrapped: bool,
+}
+
+impl EventLoop {
+    pub(super) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        shared: Arc<Shared>,
+        book: AddressBook,
+    ) -> Self {
+        let lookups = Lookups::new(*swarm.local_peer_id());
+        Self { swarm, commands, shared, book, lookups, provides: HashMap::new(), bootstrapped: false }
+    }
+
+    pub(super) async fn run(mut self, token: CancellationToken) {
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = sweep.tick() => {}
+            }
+            self.end_lookups();
+        }
+        // Dropping the pending replies tells waiting callers the router is gone.
+        self.shared.set_closed();
+        tracing::debug!("p2p router stopped");
+    }
+
+    fn kad(&mut self) -> &mut kad::Behaviour<kad::store::MemoryStore> {
+        &mut self.swarm.behaviour_mut().kad
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Provide { key, reply } => self.start_providing(key, reply),
+            Command::Withdraw { key, reply } => {
+                self.kad().stop_providing(&record_key(&key));
+                let _ = reply.send(());
+            }
+            Command::Lookup { key, limit, deadline, results } => self.start_lookup(&key, limit, deadline, results),
+            Command::Dial { targets } => targets.into_iter().for_each(|t| self.dial_target(t)),
+        }
+    }
+
+    fn start_providing(&mut self, key: Key, reply: oneshot::Sender<Result<(), Error>>) {
+        match self.kad().start_providing(record_key(&key)) {
+            Ok(query) => {
+                self.provides.insert(query, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::Provide { key, reason: format!("the local record store refused: {e}") }));
+            }
+        }
+    }
+
+    /// Answers from records peers sent us first, then asks the network.
+    fn start_lookup(&mut self, key: &Key, limit: usize, deadline: Instant, results: mpsc::UnboundedSender<Peer>) {
+        let key = record_key(key);
+        let stored = self.stored_providers(&key);
+        let query = self.kad().get_providers(key);
+        self.lookups.start(query, limit, deadline, results);
+        let to_dial = self.lookups.found(query, stored, &self.book);
+        self.dial_providers(to_dial);
+    }
+
+    /// Unexpired providers of `key` in the local store, learning their addresses.
+    fn stored_providers(&mut self, key: &RecordKey) -> Vec<PeerId> {
+        let now = std::time::Instant::now();
+        let records = self.kad().store_mut().providers(key);
+        let live = records.into_iter().filter(|r| !r.is_expired(now));
+        live.map(|record| {
+            self.book.learn_from_record(record.provider, &record.addresses);
+            record.provider
+        })
+        .collect()
+    }
+
+    fn dial_providers(&mut self, peers: Vec<PeerId>) {
+        for peer in peers {
+            let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "cannot dial provider");
+                self.lookups.unreachable(peer);
+            }
+        }
+    }
+
+    fn dial_target(&mut self, target: Target) {
+        let addr = tcp_multiaddr(target.addr);
+        let opts = match target.peer_id {
+            Some(peer) => {
+                self.kad().add_address(&peer, addr.clone());
+                DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build()
+            }
+            None => DialOpts::unknown_peer_id().address(addr).build(),
+        };
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(target = %target.addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+
+    fn end_lookups(&mut self) {
+        for ended in self.lookups.take_ended(Instant::now()) {
+            if ended.query_running
+                && let Some(mut query) = self.kad().query_mut(&ended.id)
+            {
+                query.finish();
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                self.on_identified(peer_id, info);
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "p2p listening");
+                if let Some(socket) = tcp_socket_addr(&address) {
+                    self.shared.add_listen_addr(socket);
+                }
+                // Provider records carry external addresses only: announce
+                // every concrete listen address peers could use.
+                if self.book.rule().is_usable(&address) {
+                    self.swarm.add_external_address(address);
+                }
+            }
+            SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. } => {
+                self.shared.set_connected(self.swarm.connected_peers().count());
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                tracing::debug!(%peer, %error, "dial failed");
+                if !self.swarm.is_connected(&peer) {
+                    self.lookups.unreachable(peer);
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                tracing::info!(%address, "p2p no longer listening");
+                self.swarm.remove_external_address(&address);
+            }
+            SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "p2p listener error"),
+            SwarmEvent::ListenerClosed { reason: Err(error), .. } => tracing::error!(%error, "p2p listener closed"),
+            other => tracing::debug!(event = ?other, "swarm event ignored"),
+        }
+    }
+
+    fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
+        self.book.learn_from_identify(peer, &info.listen_addrs);
+        self.lookups.resolved(peer, &self.book);
+        if !info.protocols.contains(&KAD_PROTOCOL) {
+            return;
+        }
+        let rule = self.book.rule();
+        for addr in info.listen_addrs.into_iter().filter(|a| rule.is_usable(a)) {
+            self.kad().add_address(&peer, addr);
+        }
+        if !self.bootstrapped {
+            self.bootstrapped = self.kad().bootstrap().is_ok();
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        let kad::Event::OutboundQueryProgressed { id, result, step, stats } = event else {
+            tracing::debug!(?event, "kademlia event ignored");
+            return;
+        };
+        match result {
+            kad::QueryResult::StartProviding(outcome) => {
+                tracing::debug!(?stats, "provide query ended");
+                if let Err(e) = &outcome {
+                    // The record is stored locally; reaching fewer peers is not a failure.
+                    tracing::debug!(error = %e, "provider announcement incomplete");
+                }
+                if let Some(reply) = self.provides.remove(&id) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            kad::QueryResult::GetProviders(outcome) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = outcome {
+                    let to_dial = self.lookups.found(id, providers, &self.book);
+                    self.dial_providers(to_dial);
+                }
+                if step.last {
+                    self.lookups.query_finished(id);
+                }
+            }
+            other => tracing::debug!(result = ?other, "kademlia query progressed"),
+        }
+    }
+}
+
+fn record_key(key: &Key) -> RecordKey {
+    RecordKey::new(&key.to_bytes())
+}

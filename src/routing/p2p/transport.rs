@@ -1,0 +1,62 @@
+//! The TCP transport (noise, yamux), with every outgoing connection on a
+//! fresh ephemeral port.
+//!
+//! libp2p-tcp reuses the listen port for dials by default (a hole-punching
+//! aid Shoal does not need). With every node on the same port that is
+//! harmful: two nodes dialling each other at once produce one TCP
+//! simultaneous open that neither side can negotiate, and on loopback a dial
+//! from `0.0.0.0:P` to `127.0.0.1:P` connects to itself. Dialling from a
+//! fresh port avoids both.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, DialOpts, ListenerId, PortUse, TransportError, TransportEvent};
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId, Transport, noise, tcp, yamux};
+
+/// The shape libp2p's `SwarmBuilder::with_other_transport` accepts.
+type BuildResult = Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>>;
+
+/// TCP + noise + yamux, dialling from fresh ports.
+pub(super) fn build(keypair: &Keypair) -> BuildResult {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let transport = FreshPortDials(tcp)
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(keypair)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed();
+    Ok(transport)
+}
+
+/// Passes everything through, except that dials never reuse the listen port.
+struct FreshPortDials<T>(T);
+
+impl<T: Transport + Unpin> Transport for FreshPortDials<T> {
+    type Output = T::Output;
+    type Error = T::Error;
+    type ListenerUpgrade = T::ListenerUpgrade;
+    type Dial = T::Dial;
+
+    fn listen_on(&mut self, id: ListenerId, addr: Multiaddr) -> Result<(), TransportError<Self::Error>> {
+        self.0.listen_on(id, addr)
+    }
+
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        self.0.remove_listener(id)
+    }
+
+    fn dial(&mut self, addr: Multiaddr, opts: DialOpts) -> Result<Self::Dial, TransportError<Self::Error>> {
+        self.0.dial(addr, DialOpts { port_use: PortUse::New, ..opts })
+    }
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
