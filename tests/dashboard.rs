@@ -1,8 +1,8 @@
-//! The Grafana dashboard and the alert rules the chart ships ask only for
-//! series the real program exports: every PromQL expression parses, every
-//! metric it selects is one `Metrics` registers (histograms by their
-//! `_bucket`/`_sum`/`_count` series), and every label it filters a Shoal
-//! metric by is one that metric carries.
+//! The Grafana dashboard and the alert rules the chart ships, and the example
+//! queries of docs/metrics.md, ask only for series the real program exports:
+//! every PromQL expression parses, every metric it selects is one `Metrics`
+//! registers (histograms by their `_bucket`/`_sum`/`_count` series), and every
+//! label it filters a Shoal metric by is one that metric carries.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -25,9 +25,13 @@ const TARGET_LABELS: &[&str] = &["job", "instance", "namespace", "pod", "node", 
 const GRAFANA_VARIABLES: &[(&str, &str)] =
     &[("$__rate_interval", "5m"), ("$__interval", "1m"), ("$__range", "6h"), ("${node}", ".*"), ("$node", ".*")];
 
-fn chart_file(path: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/shoal").join(path);
+fn repo_file(path: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn chart_file(path: &str) -> String {
+    repo_file(&format!("charts/shoal/{path}"))
 }
 
 /// A selector's metric name, given as `name{...}` or `{__name__="name"}`.
@@ -218,6 +222,30 @@ fn every_alert_rule_asks_for_real_series() {
         }
     }
     assert!(checked >= 5, "only {checked} rules found");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The expressions of the ```promql blocks of a Markdown file, one per
+/// paragraph of a block.
+fn markdown_queries(text: &str) -> Vec<String> {
+    let mut queries = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("```promql\n") {
+        let block = &rest[start + "```promql\n".len()..];
+        let end = block.find("```").expect("an unclosed promql block");
+        queries.extend(block[..end].split("\n\n").map(str::trim).filter(|q| !q.is_empty()).map(str::to_owned));
+        rest = &block[end + 3..];
+    }
+    queries
+}
+
+#[test]
+fn every_documented_query_asks_for_real_series() {
+    let exported = Exported::from_real_metrics();
+    let queries = markdown_queries(&repo_file("docs/metrics.md"));
+    assert!(queries.len() >= 10, "only {} queries found in docs/metrics.md", queries.len());
+    let problems: Vec<String> =
+        queries.iter().flat_map(|q| exported.check(q).into_iter().map(move |p| format!("{p}\n    {q}"))).collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
