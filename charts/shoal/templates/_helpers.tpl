@@ -76,10 +76,30 @@ $(NODE_IP)
 {{- dir .Values.containerd.socket -}}
 {{- end -}}
 
-{{/* The NODE_IP environment variable, from the downward API. */}}
-{{- define "shoal.nodeIPEnv" -}}
+{{/*
+The environment of both containers: the node IP from the downward API, and
+the mirror URL built from it (Kubernetes expands $(NODE_IP) in env values, but
+not in lifecycle hook commands, so `configure` reads the URL from the env).
+*/}}
+{{- define "shoal.env" -}}
 - name: NODE_IP
   valueFrom:
     fieldRef:
       fieldPath: status.hostIP
+- name: SHOAL_MIRROR_TARGETS
+  value: {{ include "shoal.mirrorTarget" . | quote }}
+{{- end -}}
+
+{{/* Arguments of `shoal configure` besides the mirror target (from the env). */}}
+{{- define "shoal.configureArgs" -}}
+- configure
+- --containerd-config-path={{ .Values.containerd.configPath }}
+{{- with .Values.mirroredRegistries }}
+- --mirrored-registries={{ join "," . }}
+{{- end }}
+{{- if .Values.containerd.keepExistingHosts }}
+- --prepend-existing
+{{- end }}
+- --log-format={{ .Values.config.logFormat }}
+- --log-level={{ .Values.config.logLevel }}
 {{- end -}}

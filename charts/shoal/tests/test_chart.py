@@ -54,6 +54,11 @@ def flag(args, name):
     return values[0] if values else None
 
 
+def env(container):
+    """A container's literal env values by name."""
+    return {var["name"]: var.get("value") for var in container.get("env", [])}
+
+
 def containers(docs):
     pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
@@ -91,8 +96,9 @@ class DefaultValues(unittest.TestCase):
         self.assertIs(self.pod["hostNetwork"], True)
         self.assertEqual(self.pod["dnsPolicy"], "ClusterFirstWithHostNet")
         node_ip = {"name": "NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}
-        self.assertIn(node_ip, self.init["env"])
-        self.assertIn(node_ip, self.main["env"])
+        for container in (self.init, self.main):
+            # First: Kubernetes expands $(NODE_IP) only from variables defined before.
+            self.assertEqual(container["env"][0], node_ip)
         args = self.main["args"]
         self.assertEqual(args[0], "run")
         self.assertEqual(flag(args, "registry-addr"), "$(NODE_IP):5000")
@@ -101,8 +107,10 @@ class DefaultValues(unittest.TestCase):
 
     def test_containerd_is_pointed_at_the_address_shoal_binds(self):
         self.assertEqual(self.init["args"][0], "configure")
-        target = flag(self.init["args"], "mirror-targets")
-        self.assertEqual(target, "http://" + flag(self.main["args"], "registry-addr"))
+        for container in (self.init, self.main):
+            target = env(container)["SHOAL_MIRROR_TARGETS"]
+            self.assertEqual(target, "http://" + flag(self.main["args"], "registry-addr"))
+        self.assertIsNone(flag(self.init["args"], "mirror-targets"), "the target comes from the env only")
         self.assertEqual(
             flag(self.init["args"], "mirrored-registries"), flag(self.main["args"], "mirrored-registries")
         )
@@ -143,9 +151,13 @@ class DefaultValues(unittest.TestCase):
         self.assertEqual(init_mounts["containerd-config"]["mountPath"], "/etc/containerd/certs.d")
         self.assertNotIn("readOnly", init_mounts["containerd-config"])
 
-    def test_cleanup_runs_before_the_pod_stops(self):
+    def test_cleanup_runs_before_the_pod_stops_and_configure_after_every_start(self):
         command = self.main["lifecycle"]["preStop"]["exec"]["command"]
         self.assertEqual(command, ["/shoal", "cleanup", "--containerd-config-path=/etc/containerd/certs.d"])
+        # A liveness restart runs preStop but not the init container again.
+        post_start = self.main["lifecycle"]["postStart"]["exec"]["command"]
+        self.assertEqual(post_start, ["/shoal", *self.init["args"]])
+        self.assertNotIn("$(", " ".join(post_start), "hook commands are not expanded by Kubernetes")
         mounts = {m["name"]: m["mountPath"] for m in self.main["volumeMounts"]}
         self.assertEqual(mounts["containerd-config"], "/etc/containerd/certs.d")
 
@@ -201,7 +213,8 @@ class NonDefaultValues(unittest.TestCase):
         self.assertEqual(flag(args, "registry-addr"), "[$(NODE_IP)]:5100")
         self.assertEqual(flag(args, "router-addr"), "[$(NODE_IP)]:5101")
         self.assertEqual(flag(args, "metrics-addr"), "[$(NODE_IP)]:9191")
-        self.assertEqual(flag(self.init["args"], "mirror-targets"), "http://[$(NODE_IP)]:5100")
+        self.assertEqual(env(self.init)["SHOAL_MIRROR_TARGETS"], "http://[$(NODE_IP)]:5100")
+        self.assertEqual(env(self.main)["SHOAL_MIRROR_TARGETS"], "http://[$(NODE_IP)]:5100")
         self.assertEqual({p["name"]: p["containerPort"] for p in self.main["ports"]},
                          {"registry": 5100, "router": 5101, "metrics": 9191})
         svc = one(self.docs, "Service")
