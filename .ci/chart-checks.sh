@@ -220,17 +220,19 @@ image_runs_shoal_version() {
   expected="shoal $(cargo metadata --no-deps --format-version 1 \
     | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "shoal"))')"
   user=$("${B[@]}" inspect --type image --format '{{.OCIv1.Config.User}}' localhost/shoal:ci)
-  entrypoint=$("${B[@]}" inspect --type image --format '{{json .OCIv1.Config.Entrypoint}}' localhost/shoal:ci)
+  entrypoint=$("${B[@]}" inspect --type image --format '{{.OCIv1.Config.Entrypoint}}' localhost/shoal:ci)
   [ "$user" = "65532:65532" ] || { echo "image user is '$user', want 65532:65532"; return 1; }
-  [ "$entrypoint" = '["/shoal"]' ] || { echo "entrypoint is $entrypoint"; return 1; }
+  [ "$entrypoint" = '[/shoal]' ] || { echo "entrypoint is $entrypoint"; return 1; }
   ctr=$("${B[@]}" from localhost/shoal:ci) || return 1
-  if ! version=$("${B[@]}" run "$ctr" -- /shoal version 2>&1); then
+  if version=$("${B[@]}" run "$ctr" -- /shoal version 2>&1); then
+    echo "'shoal version' in a container of the image (buildah run): $version" | tee "$WORK/image-run.txt"
+  else
     echo "buildah run failed ($version); running the binary from the mounted image instead"
     version=$("$("${B[@]}" mount "$ctr")/shoal" version) || return 1
     "${B[@]}" umount "$ctr" >/dev/null
+    echo "'shoal version' from the mounted image (buildah mount): $version" | tee "$WORK/image-run.txt"
   fi
   "${B[@]}" rm "$ctr" >/dev/null
-  echo "inside the image: $version"
   [ "$version" = "$expected" ] || { echo "want: $expected"; return 1; }
 }
 
@@ -243,9 +245,11 @@ elif ! buildah_can_run >"$WORK/buildah-probe.log" 2>&1; then
 else
   check "buildah bud -f Dockerfile.prebuilt (FROM scratch, vfs, private root)" build_image
   check "the image runs 'shoal version' as uid 65532 with ENTRYPOINT /shoal" image_runs_shoal_version
+  [ -f "$WORK/image-run.txt" ] && note "$(cat "$WORK/image-run.txt")"
   if "${B[@]}" inspect --type image localhost/shoal:ci >/dev/null 2>&1; then
     note "image size: $("${B[@]}" images --format '{{.Size}}' localhost/shoal:ci)" \
-      "(binary $(du -h "$BINARY" | cut -f1))"
+      "(binary without debug info $(du -h "$WORK/context/rootfs/shoal" | cut -f1);" \
+      "with the release profile's line tables $(du -h "$BINARY" | cut -f1))"
   fi
 fi
 
