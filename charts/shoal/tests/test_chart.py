@@ -204,7 +204,8 @@ class NonDefaultValues(unittest.TestCase):
             "--set", "prometheusRule.enabled=true,prometheusRule.labels.release=prom",
             "--set", "grafanaDashboard.namespace=monitoring,grafanaDashboard.annotations.grafana_folder=Shoal",
             "--set", "image.digest=sha256:" + "ab" * 32,
-            "--set", "extraArgs={--max-peer-attempts=2}",
+            "--set", "extraArgs={--bootstrap-dns=seeds.example.internal}",
+            "--set", "config.logLevel=info\\,shoal=debug",
         )
         cls.pod, cls.init, cls.main = containers(cls.docs)
 
@@ -227,11 +228,13 @@ class NonDefaultValues(unittest.TestCase):
         self.assertIsNone(flag(args, "mirrored-registries"))
         self.assertIsNone(flag(self.init["args"], "mirrored-registries"))
         self.assertIn("--prepend-existing", self.init["args"])
-        self.assertIsNone(flag(args, "bootstrap-dns"))
         self.assertEqual(flag(args, "bootstrap-peers"), "/ip4/192.0.2.10/tcp/5101,/dns4/seed.example.internal/tcp/5101")
         self.assertEqual(flag(args, "advertise-concurrency"), "16")
         self.assertEqual(flag(args, "log-format"), "text")
-        self.assertEqual(args[-1], "--max-peer-attempts=2")
+        # The chart passes no --bootstrap-dns (bootstrap.dns=false): extraArgs may.
+        self.assertEqual(args[-1], "--bootstrap-dns=seeds.example.internal")
+        self.assertEqual(flag(args, "log-level"), "info,shoal=debug")
+        self.assertEqual(flag(self.init["args"], "log-level"), "info,shoal=debug")
         self.assertNotIn("priorityClassName", self.pod)
         self.assertEqual(one(self.docs, "DaemonSet")["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], "10%")
         self.assertEqual(self.main["image"], "registry.example.com/shoal@sha256:" + "ab" * 32)
@@ -297,6 +300,12 @@ class SchemaRejectsBadValues(unittest.TestCase):
         self.assert_rejected("containerd.socket=containerd.sock", "/containerd/socket")
         self.assert_rejected("mirroredRegistries={docker.io/library}", "/mirroredRegistries/0")
         self.assert_rejected("bootstrap.peers={192.0.2.10:5001}", "/bootstrap/peers/0")
+
+    def test_extra_args_cannot_repeat_a_flag_the_chart_passes(self):
+        # clap rejects a flag given twice: the pod would crash-loop.
+        code, _, err = helm_template("--set", "extraArgs={--max-peer-attempts=2}")
+        self.assertNotEqual(code, 0)
+        self.assertIn("extraArgs: --max-peer-attempts is already passed by the chart", err)
 
     def test_memory_limit_is_required(self):
         self.assert_rejected("resources.limits.memory=null", "/resources/limits")
