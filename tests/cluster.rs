@@ -15,7 +15,6 @@ use http::StatusCode;
 use images::{add_image, layer_bytes};
 use node::{NodeOptions, TestNode, get};
 use shoal::oci::Digest;
-use shoal::routing::Router;
 use shoal::routing::p2p::{self, Identity, P2pConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -100,7 +99,7 @@ async fn a_stopped_holder_costs_one_attempt_and_another_holder_serves() {
     let bytes = layer_bytes(5, 1_000_000);
     let mut digest = Digest::of(b"");
     for holder in &cluster[1..3] {
-        let image = add_image(&holder.node.store, "registry.test/team/app:v1", &[bytes.clone()]);
+        let image = add_image(&holder.node.store, "registry.test/team/app:v1", std::slice::from_ref(&bytes));
         digest = image.layers[0].0;
         holder.node.sync().await;
     }
