@@ -25,12 +25,15 @@ use tokio::net::TcpListener;
 
 const FORWARDED: &str = "x-fake-shoal-forwarded";
 
+/// (source, kind) → (requests, bytes).
+type Counters = BTreeMap<(&'static str, &'static str), (u64, u64)>;
+
 struct State {
     addr: SocketAddr,
     socket: String,
     content: PathBuf,
-    /// (source, kind) → (requests, bytes). Never held across an await.
-    counters: Mutex<BTreeMap<(&'static str, &'static str), (u64, u64)>>,
+    /// Never held across an await.
+    counters: Mutex<Counters>,
 }
 
 #[tokio::main]
