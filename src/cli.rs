@@ -118,9 +118,9 @@ pub struct RunArgs {
     /// How often every key is advertised again (must be shorter than the TTL).
     #[arg(long, env = "SHOAL_READVERTISE_INTERVAL", default_value = "5m", value_parser = duration)]
     pub readvertise_interval: Duration,
-    /// Advertisements in flight at once (default: 32 per CPU).
-    #[arg(long, env = "SHOAL_ADVERTISE_CONCURRENCY", default_value_t = default_concurrency())]
-    pub advertise_concurrency: usize,
+    /// Advertisements in flight at once [default: 32 per CPU].
+    #[arg(long, env = "SHOAL_ADVERTISE_CONCURRENCY")]
+    pub advertise_concurrency: Option<usize>,
     /// Longest a shutdown waits for in-flight transfers.
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -147,7 +147,8 @@ impl RunArgs {
         if self.max_peer_attempts == 0 {
             return Err(UsageError::Zero("max-peer-attempts"));
         }
-        if self.advertise_concurrency == 0 {
+        let advertise_concurrency = self.advertise_concurrency.unwrap_or_else(default_concurrency);
+        if advertise_concurrency == 0 {
             return Err(UsageError::Zero("advertise-concurrency"));
         }
         Ok(RunConfig {
@@ -173,7 +174,7 @@ impl RunArgs {
             provider_ttl: self.provider_ttl,
             advertiser: crate::advertiser::AdvertiserConfig {
                 readvertise_interval: self.readvertise_interval,
-                concurrency: self.advertise_concurrency,
+                concurrency: advertise_concurrency,
             },
             drain_timeout: self.drain_timeout,
         })

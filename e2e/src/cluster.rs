@@ -17,7 +17,7 @@ use tempfile::TempDir;
 
 use crate::iptables::{Firewall, chain_exists};
 use crate::node::{NODE_GID_BASE, Node};
-use crate::process::processes_mentioning;
+use crate::process::{log_tail, processes_mentioning};
 use crate::registry::{REGISTRY_ADDR, UpstreamRegistry};
 use crate::wait::poll_until;
 
@@ -25,6 +25,7 @@ use crate::wait::poll_until;
 pub const MAX_NODES: usize = 10;
 const LOCK_PATH: &str = "/tmp/shoal-e2e.lock";
 const LOCK_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+const LOG_TAIL_LINES: usize = 30;
 const REGISTRY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 200);
 
 /// What to start.
@@ -52,6 +53,9 @@ pub struct Cluster {
     firewall: Firewall,
     run_dir: Option<TempDir>,
     _lock: Flock<File>,
+    /// Cleared by [`Cluster::shutdown`]: a cluster dropped without it is on a
+    /// failing path (a test returned an error), so its logs' tails are printed.
+    print_logs_on_drop: bool,
 }
 
 /// What a run left behind after teardown; empty when all is clean.
@@ -68,7 +72,14 @@ impl Cluster {
         let lock = acquire_lock().await?;
         let run_dir = tempfile::Builder::new().prefix("shoal-e2e-").tempdir_in("/tmp")?;
         let firewall = Firewall::new()?;
-        let mut cluster = Self { nodes: Vec::new(), registry: None, firewall, run_dir: Some(run_dir), _lock: lock };
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            registry: None,
+            firewall,
+            run_dir: Some(run_dir),
+            _lock: lock,
+            print_logs_on_drop: true,
+        };
         if options.registry {
             cluster.registry = Some(UpstreamRegistry::start(&cluster.run_dir().join("registry")).await?);
         }
@@ -145,6 +156,7 @@ impl Cluster {
     pub async fn shutdown(mut self) -> Result<Leftovers> {
         let run_dir = self.run_dir().to_string_lossy().into_owned();
         let chain = self.firewall.chain().to_owned();
+        self.print_logs_on_drop = false;
         self.stop_processes();
         drop(self);
         let processes = poll_until("the run's processes to be gone", Duration::from_secs(10), || async {
@@ -154,6 +166,17 @@ impl Cluster {
         .await
         .or_else(|_| anyhow::Ok(processes_mentioning(&run_dir)))?;
         Ok(Leftovers { processes, chain_remains: chain_exists(&chain) })
+    }
+
+    fn print_log_tails(&self) {
+        let registry_log = self.registry.as_ref().map(UpstreamRegistry::log_path);
+        for path in self.nodes.iter().flat_map(Node::log_paths).chain(registry_log) {
+            eprintln!(
+                "---- last {LOG_TAIL_LINES} lines of {} ----\n{}",
+                path.display(),
+                log_tail(&path, LOG_TAIL_LINES)
+            );
+        }
     }
 
     fn stop_processes(&mut self) {
@@ -167,6 +190,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // On a panic every process guard prints its own log's tail.
+        if self.print_logs_on_drop && !std::thread::panicking() {
+            self.print_log_tails();
+        }
         self.stop_processes();
         if std::env::var_os("SHOAL_E2E_KEEP").is_some()
             && let Some(dir) = self.run_dir.take()

@@ -175,13 +175,13 @@ impl fmt::Display for DemoReport {
         writeln!(f)?;
         writeln!(
             f,
-            "{:<6}{:>11}{:>16}{:>14}{:>14}{:>9}",
-            "node", "pull time", "from upstream", "from peers", "from local", "misses"
+            "{:<6}{:>11}{:>16}{:>14}{:>14}{:>14}",
+            "node", "pull time", "from upstream", "shoal: peer", "shoal: local", "shoal: misses"
         )?;
         for p in &self.pulls {
             writeln!(
                 f,
-                "{:<6}{:>9.2} s{:>16}{:>14}{:>14}{:>9}",
+                "{:<6}{:>9.2} s{:>16}{:>14}{:>14}{:>14}",
                 format!("{}", p.node),
                 p.elapsed.as_secs_f64(),
                 bytes(p.upstream_bytes as f64),
@@ -190,6 +190,8 @@ impl fmt::Display for DemoReport {
                 p.miss_requests
             )?;
         }
+        writeln!(f, "(from upstream: the registry's access log by node address; shoal: bytes each node's Shoal")?;
+        writeln!(f, " served by source, local = from its own containerd, to its node or to peers; misses = requests)")?;
         writeln!(f)?;
         let gets: Vec<String> = self.upstream_gets.iter().map(|(ip, c)| format!("{ip}: {c}")).collect();
         writeln!(f, "upstream registry access log, blob GETs by client: {}", gets.join(", "))?;

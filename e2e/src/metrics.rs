@@ -43,8 +43,7 @@ impl Metrics {
             .iter()
             .filter(|s| s.name == name)
             .filter(|s| labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
-            .map(|s| s.value)
-            .sum()
+            .fold(0.0, |total, s| total + s.value)
     }
 
     /// `shoal_bytes_served_total` for one `source` (`local`, `peer` or `miss`).

@@ -1,6 +1,4 @@
-//! Needs root and `shoal run`. Gated by the `mirror` feature until `shoal run`
-//! exists: `cargo test -p shoal-e2e --features mirror --test mirror`.
-//! Real containerd daemons, each with its own Shoal, pulling through CRI.
+//! Needs root. Real containerd daemons, each with its own Shoal, pulling through CRI.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
