@@ -19,7 +19,7 @@ use crate::advertiser::{Advertiser, AdvertiserConfig};
 use crate::content::{ContainerdConfig, ContainerdStore, ContentIndex, ContentStore};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::mirror::{Mirror, MirrorConfig, PeerScores, PeerTimeouts};
+use crate::mirror::{HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
 use crate::registry::response::{Body, text};
 use crate::registry::{RegistryConfig, RegistryHandler, server};
 use crate::routing::Router;
@@ -44,6 +44,7 @@ pub struct RunConfig {
     pub resolve_timeout: Duration,
     pub peer_timeouts: PeerTimeouts,
     pub max_peer_attempts: usize,
+    pub hedge: HedgePolicy,
     pub provider_ttl: Duration,
     pub advertiser: AdvertiserConfig,
     pub drain_timeout: Duration,
@@ -121,8 +122,10 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         max_attempts: config.max_peer_attempts,
         lookup_limit: LOOKUP_LIMIT,
         spool_dir,
+        hedge: config.hedge,
     };
     let mirror = Mirror::new(router.clone(), Arc::new(PeerScores::new()), metrics.clone(), mirror_config);
+    tracker.spawn(mirror.probe_excluded(token.clone()));
 
     let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
     tracker.spawn(watch_content(store, events_tx, token.clone()));
@@ -186,6 +189,7 @@ impl StatusPages {
             "/status/peers" => {
                 let body = serde_json::json!({
                     "connected_peers": self.router.connected_peers(),
+                    "excluded_peers": self.mirror.scores().excluded_count(),
                     "scores": self.mirror.scores().snapshot(),
                 });
                 text(StatusCode::OK, "application/json", body.to_string())

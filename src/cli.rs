@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::app::RunConfig;
 use crate::configure::{ConfigureConfig, MirrorTarget, Upstream};
-use crate::mirror::PeerTimeouts;
+use crate::mirror::{HedgePolicy, PeerTimeouts};
 use crate::oci::Registry;
 use crate::routing::p2p::BootstrapPeer;
 
@@ -109,9 +109,15 @@ pub struct RunArgs {
     /// Longest a peer's response body may stall before the next peer takes over.
     #[arg(long, env = "SHOAL_PEER_STALL_TIMEOUT", default_value = "3s", value_parser = duration)]
     pub peer_stall_timeout: Duration,
-    /// Peers tried for one request before answering 404.
+    /// Peers tried for one request, hedges included, before answering 404.
     #[arg(long, env = "SHOAL_MAX_PEER_ATTEMPTS", default_value_t = 4)]
     pub max_peer_attempts: usize,
+    /// Hedge when a peer is slower to answer than this percentile of recent fetches (0 turns hedging off).
+    #[arg(long, env = "SHOAL_HEDGE_PERCENTILE", default_value_t = 90, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub hedge_percentile: u8,
+    /// The shortest wait before hedging (also the wait until there is history).
+    #[arg(long, env = "SHOAL_HEDGE_FLOOR", default_value = "50ms", value_parser = duration)]
+    pub hedge_floor: Duration,
     /// How long other nodes keep this node's provider records.
     #[arg(long, env = "SHOAL_PROVIDER_TTL", default_value = "10m", value_parser = duration)]
     pub provider_ttl: Duration,
@@ -170,6 +176,11 @@ impl RunArgs {
                 stall: self.peer_stall_timeout,
             },
             max_peer_attempts: self.max_peer_attempts,
+            hedge: HedgePolicy {
+                quantile: f64::from(self.hedge_percentile) / 100.0,
+                floor: self.hedge_floor,
+                enabled: self.hedge_percentile > 0,
+            },
             provider_ttl: self.provider_ttl,
             advertiser: crate::advertiser::AdvertiserConfig {
                 readvertise_interval: self.readvertise_interval,

@@ -41,8 +41,12 @@ impl Source {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FetchFailure {
     Connect,
+    /// The request failed after connecting, before any response.
+    Transport,
     HeaderTimeout,
     Status,
+    /// The peer answered 429/503: at its upload limit.
+    Busy,
     NotFound,
     Stall,
     Body,
@@ -54,8 +58,10 @@ impl FetchFailure {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",
+            Self::Transport => "transport",
             Self::HeaderTimeout => "header_timeout",
             Self::Status => "status",
+            Self::Busy => "busy",
             Self::NotFound => "not_found",
             Self::Stall => "stall",
             Self::Body => "body",
@@ -89,6 +95,11 @@ struct Inner {
     containerd_connected: IntGauge,
     last_peer_fetch: Gauge,
     http_in_flight: GaugeVec,
+    hedges: IntCounter,
+    hedge_wins: IntCounter,
+    hedge_deadline: Gauge,
+    peers_excluded: IntGauge,
+    peer_probes: IntCounterVec,
     /// Registry label values seen so far; a std mutex, never held across `.await`.
     registries: Mutex<HashSet<String>>,
 }
@@ -156,6 +167,25 @@ impl Metrics {
         registry.register(Box::new(containerd_connected.clone()))?;
         registry.register(Box::new(last_peer_fetch.clone()))?;
         registry.register(Box::new(http_in_flight.clone()))?;
+        let hedges =
+            IntCounter::new("shoal_hedges_total", "Hedged attempts started: a second peer asked in parallel.")?;
+        let hedge_wins =
+            IntCounter::new("shoal_hedge_wins_total", "Hedged attempts that delivered response headers first.")?;
+        let hedge_deadline = Gauge::new(
+            "shoal_hedge_deadline_seconds",
+            "The current hedge deadline: wait this long for headers before asking another peer.",
+        )?;
+        let peers_excluded =
+            IntGauge::new("shoal_peers_excluded", "Peers excluded from selection (closed connection, failures).")?;
+        let peer_probes = IntCounterVec::new(
+            Opts::new("shoal_peer_probes_total", "Health probes of excluded peers, by result."),
+            &["result"],
+        )?;
+        registry.register(Box::new(hedges.clone()))?;
+        registry.register(Box::new(hedge_wins.clone()))?;
+        registry.register(Box::new(hedge_deadline.clone()))?;
+        registry.register(Box::new(peers_excluded.clone()))?;
+        registry.register(Box::new(peer_probes.clone()))?;
         let inner = Inner {
             registry,
             requests,
@@ -171,6 +201,11 @@ impl Metrics {
             containerd_connected,
             last_peer_fetch,
             http_in_flight,
+            hedges,
+            hedge_wins,
+            hedge_deadline,
+            peers_excluded,
+            peer_probes,
             registries: Mutex::new(HashSet::new()),
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -236,6 +271,26 @@ impl Metrics {
 
     pub fn set_containerd_connected(&self, up: bool) {
         self.inner.containerd_connected.set(i64::from(up));
+    }
+
+    pub fn hedge_started(&self) {
+        self.inner.hedges.inc();
+    }
+
+    pub fn hedge_won(&self) {
+        self.inner.hedge_wins.inc();
+    }
+
+    pub fn set_hedge_deadline(&self, deadline: Duration) {
+        self.inner.hedge_deadline.set(deadline.as_secs_f64());
+    }
+
+    pub fn set_peers_excluded(&self, n: usize) {
+        self.inner.peers_excluded.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn peer_probed(&self, ok: bool) {
+        self.inner.peer_probes.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
     }
 
     /// Tracks one in-flight request of `kind` until the guard drops.
