@@ -61,6 +61,26 @@ fn registry(s: &str) -> Result<Registry, String> {
     upstream.host().parse().map_err(|e| format!("{e}"))
 }
 
+/// A byte count: a plain number, or with a unit (`K`, `M`, `G` and their
+/// `KiB`/`MiB`/`GiB` forms are powers of 1024; `KB`/`MB`/`GB` of 1000).
+fn byte_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{s:?} is not a size (use e.g. 500M, 1GiB, 10MB)"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} (use K, M, G, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    number.checked_mul(factor).ok_or_else(|| format!("{s:?} is too large"))
+}
+
 fn default_concurrency() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from) * 32
 }
@@ -118,6 +138,12 @@ pub struct RunArgs {
     /// The shortest wait before hedging (also the wait until there is history).
     #[arg(long, env = "SHOAL_HEDGE_FLOOR", default_value = "50ms", value_parser = duration)]
     pub hedge_floor: Duration,
+    /// Blob bodies served to other nodes at once; more are turned away with 429 (0: no limit).
+    #[arg(long, env = "SHOAL_MAX_CONCURRENT_UPLOADS", default_value_t = 32)]
+    pub max_concurrent_uploads: usize,
+    /// Upload bandwidth to other nodes per second, e.g. 200MiB (default: no limit).
+    #[arg(long, env = "SHOAL_UPLOAD_RATE", value_parser = byte_size)]
+    pub upload_rate: Option<u64>,
     /// How long other nodes keep this node's provider records.
     #[arg(long, env = "SHOAL_PROVIDER_TTL", default_value = "10m", value_parser = duration)]
     pub provider_ttl: Duration,
@@ -168,7 +194,13 @@ impl RunArgs {
             data_dir: self.data_dir,
             bootstrap_peers: self.bootstrap_peers,
             bootstrap_dns: self.bootstrap_dns,
-            registry: crate::registry::RegistryConfig { mirrored: self.mirrored_registries },
+            registry: crate::registry::RegistryConfig {
+                mirrored: self.mirrored_registries,
+                uploads: crate::registry::UploadLimits {
+                    max_concurrent: (self.max_concurrent_uploads > 0).then_some(self.max_concurrent_uploads),
+                    bytes_per_second: self.upload_rate.filter(|rate| *rate > 0),
+                },
+            },
             resolve_timeout: self.resolve_timeout,
             peer_timeouts: PeerTimeouts {
                 connect: self.peer_connect_timeout,
@@ -254,6 +286,17 @@ mod tests {
         let mirrored: Vec<String> = config.registry.mirrored.iter().map(ToString::to_string).collect();
         assert_eq!(mirrored, ["docker.io", "127.0.0.200:5000"]);
         assert_eq!(config.resolve_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(byte_size("512"), Ok(512));
+        assert_eq!(byte_size("100M"), Ok(100 << 20));
+        assert_eq!(byte_size("2GiB"), Ok(2 << 30));
+        assert_eq!(byte_size("10MB"), Ok(10_000_000));
+        assert!(byte_size("ten").is_err());
+        assert!(byte_size("1TB").is_err());
+        assert!(byte_size("99999999999999G").is_err());
     }
 
     #[test]

@@ -100,6 +100,7 @@ struct Inner {
     hedge_deadline: Gauge,
     peers_excluded: IntGauge,
     peer_probes: IntCounterVec,
+    uploads_in_flight: Gauge,
     /// Registry label values seen so far; a std mutex, never held across `.await`.
     registries: Mutex<HashSet<String>>,
 }
@@ -133,7 +134,10 @@ impl Metrics {
             &["reason"],
         )?;
         let uploads = IntCounterVec::new(
-            Opts::new("shoal_peer_requests_total", "Requests from other nodes, by whether this node held the content."),
+            Opts::new(
+                "shoal_peer_requests_total",
+                "Requests from other nodes, by result: served, not_found, or busy (turned away at the upload limit).",
+            ),
             &["kind", "result"],
         )?;
         let upload_bytes = IntCounterVec::new(
@@ -181,6 +185,9 @@ impl Metrics {
             Opts::new("shoal_peer_probes_total", "Health probes of excluded peers, by result."),
             &["result"],
         )?;
+        let uploads_in_flight =
+            Gauge::new("shoal_uploads_in_flight", "Blob bodies being streamed to other nodes right now.")?;
+        registry.register(Box::new(uploads_in_flight.clone()))?;
         registry.register(Box::new(hedges.clone()))?;
         registry.register(Box::new(hedge_wins.clone()))?;
         registry.register(Box::new(hedge_deadline.clone()))?;
@@ -206,6 +213,7 @@ impl Metrics {
             hedge_deadline,
             peers_excluded,
             peer_probes,
+            uploads_in_flight,
             registries: Mutex::new(HashSet::new()),
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -236,6 +244,18 @@ impl Metrics {
     pub fn uploaded(&self, kind: PathKind) -> IntCounter {
         self.inner.uploads.with_label_values(&[kind.as_str(), "served"]).inc();
         self.inner.upload_bytes.with_label_values(&[kind.as_str()])
+    }
+
+    /// Counts a request from another node turned away at the upload limit.
+    pub fn upload_busy(&self, kind: PathKind) {
+        self.inner.uploads.with_label_values(&[kind.as_str(), "busy"]).inc();
+    }
+
+    /// Tracks one upload body until the guard drops.
+    pub fn uploading(&self) -> InFlight {
+        let gauge = self.inner.uploads_in_flight.clone();
+        gauge.inc();
+        InFlight(gauge)
     }
 
     /// Counts a request from another node for content this node lacks.

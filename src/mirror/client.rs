@@ -181,8 +181,13 @@ impl PeerClient {
         if status == StatusCode::NOT_FOUND {
             return Err(FetchError::NotFound);
         }
-        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-            return Err(FetchError::Busy { retry_after: retry_after(response.headers()) });
+        // At its upload limit: 429, or 503 with Retry-After. A 503 without
+        // it is a peer in trouble, not a busy one.
+        let retry_after = retry_after(response.headers());
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some())
+        {
+            return Err(FetchError::Busy { retry_after });
         }
         if !status.is_success() {
             return Err(FetchError::Status(status));

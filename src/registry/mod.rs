@@ -11,6 +11,7 @@ mod blobs;
 mod manifests;
 pub mod response;
 pub mod server;
+pub mod uploads;
 
 use std::sync::Arc;
 
@@ -23,12 +24,15 @@ use crate::metrics::{Metrics, Source};
 use crate::mirror::{MIRRORED_HEADER, Mirror};
 use crate::oci::{ByteRange, DistributionPath, PathError, PathKind, Registry};
 use response::{Body, ErrorCode, oci_error};
+pub use uploads::UploadLimits;
+use uploads::Uploads;
 
-/// Which upstream registries this node serves.
+/// Which upstream registries this node serves, and what it uploads to peers.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryConfig {
     /// Registries (as containerd names them in `ns`) to serve; empty means all.
     pub mirrored: Vec<Registry>,
+    pub uploads: UploadLimits,
 }
 
 /// The registry request handler. Cheap to clone.
@@ -42,6 +46,7 @@ struct Inner {
     mirror: Mirror,
     metrics: Metrics,
     health: Health,
+    uploads: Uploads,
     config: RegistryConfig,
 }
 
@@ -64,7 +69,8 @@ impl PullRequest<'_> {
 
 impl RegistryHandler {
     pub fn new(index: ContentIndex, mirror: Mirror, metrics: Metrics, health: Health, config: RegistryConfig) -> Self {
-        Self { inner: Arc::new(Inner { index, mirror, metrics, health, config }) }
+        let uploads = Uploads::new(config.uploads);
+        Self { inner: Arc::new(Inner { index, mirror, metrics, health, uploads, config }) }
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {

@@ -18,7 +18,7 @@ use shoal::health::Health;
 use shoal::metrics::Metrics;
 use shoal::mirror::{HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
 use shoal::oci::Registry;
-use shoal::registry::{RegistryConfig, RegistryHandler, server};
+use shoal::registry::{RegistryConfig, RegistryHandler, UploadLimits, server};
 use shoal::routing::memory::{MemoryNetwork, MemoryRouter};
 use shoal::routing::{Peer, PeerName, Router};
 use tokio::net::TcpListener;
@@ -39,11 +39,18 @@ pub struct NodeOptions {
     pub max_attempts: usize,
     pub hedge: HedgePolicy,
     pub timeouts: PeerTimeouts,
+    pub uploads: UploadLimits,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        Self { mirrored: Vec::new(), max_attempts: 4, hedge: HedgePolicy::default(), timeouts: test_timeouts() }
+        Self {
+            mirrored: Vec::new(),
+            max_attempts: 4,
+            hedge: HedgePolicy::default(),
+            timeouts: test_timeouts(),
+            uploads: UploadLimits::default(),
+        }
     }
 }
 
@@ -89,7 +96,7 @@ impl TestNode {
             mirror.clone(),
             metrics.clone(),
             health,
-            RegistryConfig { mirrored: options.mirrored },
+            RegistryConfig { mirrored: options.mirrored, uploads: options.uploads },
         );
         let serve = move |req| {
             let handler = handler.clone();
