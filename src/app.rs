@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::mirror::{HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
 use crate::registry::response::{Body, text};
 use crate::registry::{RegistryConfig, RegistryHandler, server};
+use crate::replication::{CriConfig, CriPuller, ReplicationConfig, Replicator};
 use crate::routing::Router;
 use crate::routing::p2p::{self, BootstrapPeer, P2pConfig};
 
@@ -47,6 +48,8 @@ pub struct RunConfig {
     pub hedge: HedgePolicy,
     pub provider_ttl: Duration,
     pub advertiser: AdvertiserConfig,
+    pub replication: ReplicationConfig,
+    pub replication_pull_timeout: Duration,
     pub drain_timeout: Duration,
 }
 
@@ -114,6 +117,11 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
     let p2p_router = p2p::start(p2p_config, token.clone(), &tracker).await?;
     let name = p2p_router.local_name().to_string();
     let router: Arc<dyn Router> = Arc::new(p2p_router);
+    let cri = CriConfig {
+        socket: config.containerd.socket.clone(),
+        namespace: config.containerd.namespace.clone(),
+        pull_timeout: config.replication_pull_timeout,
+    };
     let store: Arc<dyn ContentStore> = Arc::new(ContainerdStore::new(config.containerd));
     let index = ContentIndex::new(store.clone());
     let health = Health::new(router.clone());
@@ -132,7 +140,13 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
     let advertiser = Advertiser::new(index.clone(), router.clone(), metrics.clone(), health.clone(), config.advertiser);
     tracker.spawn(advertiser.run(events_rx, token.clone()));
 
-    let handler = RegistryHandler::new(index, mirror.clone(), metrics.clone(), health.clone(), config.registry);
+    let handler = RegistryHandler::new(index.clone(), mirror.clone(), metrics.clone(), health.clone(), config.registry);
+    if config.replication.is_active() {
+        let puller = Arc::new(CriPuller::new(cri));
+        let me = crate::routing::PeerName::new(name.as_str());
+        let replicator = Replicator::new(me, router.clone(), index, puller, metrics.clone(), config.replication);
+        tracker.spawn(replicator.run(health.clone(), token.clone()));
+    }
     let serve_registry = move |req| {
         let handler = handler.clone();
         async move { handler.handle(req).await }

@@ -12,6 +12,7 @@ use crate::app::RunConfig;
 use crate::configure::{ConfigureConfig, MirrorTarget, Upstream};
 use crate::mirror::{HedgePolicy, PeerTimeouts};
 use crate::oci::Registry;
+use crate::replication::{PinnedImage, PopularityConfig, ReplicationConfig};
 use crate::routing::p2p::BootstrapPeer;
 
 #[derive(Debug, Parser)]
@@ -80,6 +81,9 @@ fn byte_size(s: &str) -> Result<u64, String> {
     };
     number.checked_mul(factor).ok_or_else(|| format!("{s:?} is too large"))
 }
+
+/// Peers asked for their hot list each replication round.
+const GOSSIP_FANOUT: usize = 3;
 
 fn default_concurrency() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from) * 32
@@ -153,6 +157,33 @@ pub struct RunArgs {
     /// Advertisements in flight at once (default: 32 per CPU).
     #[arg(long, env = "SHOAL_ADVERTISE_CONCURRENCY", default_value_t = default_concurrency())]
     pub advertise_concurrency: usize,
+    /// Images to keep warm, comma-separated: registry/repository:tag, optionally =R for its own replica count.
+    #[arg(long, env = "SHOAL_PIN_IMAGES", value_delimiter = ',')]
+    pub pin_images: Vec<PinnedImage>,
+    /// A file of images to keep warm, one per line (`image [R]`, `#` comments), re-read every round.
+    #[arg(long, env = "SHOAL_PIN_IMAGES_FILE")]
+    pub pin_images_file: Option<PathBuf>,
+    /// Nodes that should hold each pinned image (default: every node).
+    #[arg(long, env = "SHOAL_REPLICAS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub replicas: Option<u64>,
+    /// Time between replication rounds.
+    #[arg(long, env = "SHOAL_REPLICATION_INTERVAL", default_value = "1m", value_parser = duration)]
+    pub replication_interval: Duration,
+    /// Longest a replication pull may take.
+    #[arg(long, env = "SHOAL_REPLICATION_PULL_TIMEOUT", default_value = "15m", value_parser = duration)]
+    pub replication_pull_timeout: Duration,
+    /// Nodes that should hold each popular image (0 turns popular replication off).
+    #[arg(long, env = "SHOAL_POPULAR_REPLICAS", default_value_t = 3)]
+    pub popular_replicas: usize,
+    /// Peer pulls from one node within --popular-window that make an image popular.
+    #[arg(long, env = "SHOAL_POPULAR_THRESHOLD", default_value_t = 10)]
+    pub popular_threshold: usize,
+    /// How far back peer pulls count towards popularity.
+    #[arg(long, env = "SHOAL_POPULAR_WINDOW", default_value = "10m", value_parser = duration)]
+    pub popular_window: Duration,
+    /// Bytes of popular images one node may pull per hour, e.g. 10GiB.
+    #[arg(long, env = "SHOAL_REPLICATION_BUDGET", default_value = "10GiB", value_parser = byte_size)]
+    pub replication_budget: u64,
     /// Longest a shutdown waits for in-flight transfers.
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -182,6 +213,9 @@ impl RunArgs {
         if self.advertise_concurrency == 0 {
             return Err(UsageError::Zero("advertise-concurrency"));
         }
+        if self.popular_threshold == 0 {
+            return Err(UsageError::Zero("popular-threshold"));
+        }
         Ok(RunConfig {
             registry_addr: self.registry_addr,
             router_addr: self.router_addr,
@@ -200,7 +234,18 @@ impl RunArgs {
                     max_concurrent: (self.max_concurrent_uploads > 0).then_some(self.max_concurrent_uploads),
                     bytes_per_second: self.upload_rate.filter(|rate| *rate > 0),
                 },
+                popularity: PopularityConfig { window: self.popular_window, threshold: self.popular_threshold },
             },
+            replication: ReplicationConfig {
+                pinned: self.pin_images,
+                pinned_file: self.pin_images_file,
+                replicas: self.replicas.map(|r| usize::try_from(r).unwrap_or(usize::MAX)),
+                interval: self.replication_interval,
+                popular_replicas: self.popular_replicas,
+                budget_bytes_per_hour: self.replication_budget,
+                gossip_fanout: GOSSIP_FANOUT,
+            },
+            replication_pull_timeout: self.replication_pull_timeout,
             resolve_timeout: self.resolve_timeout,
             peer_timeouts: PeerTimeouts {
                 connect: self.peer_connect_timeout,
@@ -286,6 +331,38 @@ mod tests {
         let mirrored: Vec<String> = config.registry.mirrored.iter().map(ToString::to_string).collect();
         assert_eq!(mirrored, ["docker.io", "127.0.0.200:5000"]);
         assert_eq!(config.resolve_timeout, Duration::from_millis(250));
+        assert!(config.replication.pinned.is_empty());
+        assert_eq!(config.replication.replicas, None);
+        assert_eq!(config.registry.uploads.max_concurrent, Some(32));
+    }
+
+    #[test]
+    fn replication_and_upload_flags_become_configs() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "run",
+            "--pin-images",
+            "registry.test/team/app:v1,registry.test/team/db:v3=2",
+            "--replicas",
+            "3",
+            "--max-concurrent-uploads",
+            "0",
+            "--upload-rate",
+            "100MiB",
+            "--hedge-percentile",
+            "0",
+        ]);
+        let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
+        let config = args.into_config().map_err(|e| e.to_string());
+        let Ok(config) = config else { panic!("{config:?}") };
+        let replicas: Vec<Option<usize>> = config.replication.pinned.iter().map(|p| p.replicas).collect();
+        assert_eq!(replicas, [None, Some(2)]);
+        assert_eq!(config.replication.replicas, Some(3));
+        assert_eq!(config.registry.uploads.max_concurrent, None, "0 means no limit");
+        assert_eq!(config.registry.uploads.bytes_per_second, Some(100 << 20));
+        assert!(!config.hedge.enabled);
+        assert!(Cli::try_parse_from(["shoal", "run", "--replicas", "0"]).is_err());
+        assert!(Cli::try_parse_from(["shoal", "run", "--pin-images", "nginx"]).is_err());
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::oci::PathKind;
@@ -101,6 +101,8 @@ struct Inner {
     peers_excluded: IntGauge,
     peer_probes: IntCounterVec,
     uploads_in_flight: Gauge,
+    replication_pulls: IntCounterVec,
+    replication_images: IntGaugeVec,
     /// Registry label values seen so far; a std mutex, never held across `.await`.
     registries: Mutex<HashSet<String>>,
 }
@@ -188,6 +190,20 @@ impl Metrics {
         let uploads_in_flight =
             Gauge::new("shoal_uploads_in_flight", "Blob bodies being streamed to other nodes right now.")?;
         registry.register(Box::new(uploads_in_flight.clone()))?;
+        let replication_pulls = IntCounterVec::new(
+            Opts::new("shoal_replication_pulls_total", "Pulls started by replication (pinned or popular), by result."),
+            &["result"],
+        )?;
+        let replication_images = IntGaugeVec::new(
+            Opts::new(
+                "shoal_replication_images",
+                "Images the last replication round considered, by what it did: held, satisfied, waiting, pulled, \
+                 failed, over_budget.",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(replication_pulls.clone()))?;
+        registry.register(Box::new(replication_images.clone()))?;
         registry.register(Box::new(hedges.clone()))?;
         registry.register(Box::new(hedge_wins.clone()))?;
         registry.register(Box::new(hedge_deadline.clone()))?;
@@ -214,6 +230,8 @@ impl Metrics {
             peers_excluded,
             peer_probes,
             uploads_in_flight,
+            replication_pulls,
+            replication_images,
             registries: Mutex::new(HashSet::new()),
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -311,6 +329,17 @@ impl Metrics {
 
     pub fn peer_probed(&self, ok: bool) {
         self.inner.peer_probes.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+    }
+
+    pub fn replication_pulled(&self, ok: bool) {
+        self.inner.replication_pulls.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+    }
+
+    /// The last replication round's image count per state (closed set of names).
+    pub fn set_replication_images(&self, states: &[(&'static str, usize)]) {
+        for (state, count) in states {
+            self.inner.replication_images.with_label_values(&[state]).set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
     }
 
     /// Tracks one in-flight request of `kind` until the guard drops.

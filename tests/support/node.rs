@@ -96,7 +96,7 @@ impl TestNode {
             mirror.clone(),
             metrics.clone(),
             health,
-            RegistryConfig { mirrored: options.mirrored, uploads: options.uploads },
+            RegistryConfig { mirrored: options.mirrored, uploads: options.uploads, ..RegistryConfig::default() },
         );
         let serve = move |req| {
             let handler = handler.clone();
