@@ -108,6 +108,7 @@ impl PeerScores {
             match event {
                 LinkEvent::Up { endpoint, .. } => health.connected(*endpoint, now),
                 LinkEvent::Down { .. } => health.disconnected(now),
+                LinkEvent::Idle { .. } => {}
                 LinkEvent::Rtt { rtt, .. } => health.ping(Some(*rtt), now),
                 LinkEvent::PingFailed { .. } => health.ping(None, now),
             }
@@ -329,6 +330,17 @@ mod tests {
         let snapshot = scores.snapshot();
         assert_eq!(snapshot[0].state, "healthy");
         assert_eq!(snapshot[0].endpoint.as_deref(), Some("127.0.5.3:5000"));
+    }
+
+    #[test]
+    fn a_connection_closed_for_being_idle_is_not_a_health_signal() {
+        let scores = PeerScores::new();
+        let p = peer(4);
+        let link =
+            Link { connected: false, since: Instant::now(), rtt: None, ping_failures: 0, endpoint: Some(p.endpoint) };
+        scores.on_link(&LinkEvent::Idle { peer: p.name.clone() }, &link);
+        assert!(!scores.is_excluded(&p.name));
+        assert!(scores.take_due_probes().is_empty());
     }
 
     #[test]

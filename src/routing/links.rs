@@ -26,8 +26,11 @@ const MAX_LINKS: usize = 16_384;
 pub enum LinkEvent {
     /// The first connection to `peer` opened, or its endpoint became known.
     Up { peer: PeerName, endpoint: Option<SocketAddr> },
-    /// The last connection to `peer` closed.
+    /// The last connection to `peer` closed: the peer went away, or closed it.
     Down { peer: PeerName },
+    /// This node closed the last connection to `peer` for being idle: the
+    /// peer is no longer connected, but that says nothing about its health.
+    Idle { peer: PeerName },
     /// A ping over the connection came back after `rtt`.
     Rtt { peer: PeerName, rtt: Duration },
     /// A ping over the connection timed out or failed.
@@ -37,7 +40,11 @@ pub enum LinkEvent {
 impl LinkEvent {
     pub fn peer(&self) -> &PeerName {
         match self {
-            Self::Up { peer, .. } | Self::Down { peer } | Self::Rtt { peer, .. } | Self::PingFailed { peer } => peer,
+            Self::Up { peer, .. }
+            | Self::Down { peer }
+            | Self::Idle { peer }
+            | Self::Rtt { peer, .. }
+            | Self::PingFailed { peer } => peer,
         }
     }
 }
@@ -150,7 +157,7 @@ impl Links {
                     link.endpoint = *endpoint;
                 }
             }
-            LinkEvent::Down { .. } => {
+            LinkEvent::Down { .. } | LinkEvent::Idle { .. } => {
                 if link.connected {
                     link.connected = false;
                     link.since = now;

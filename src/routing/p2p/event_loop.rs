@@ -188,7 +188,10 @@ impl EventLoop {
                 self.shared.set_connected(self.swarm.connected_peers().count());
                 if num_established == 0 {
                     tracing::debug!(peer = %peer_id, ?cause, "last connection to peer closed");
-                    self.shared.links.record(LinkEvent::Down { peer: peer_name(&peer_id) });
+                    let peer = peer_name(&peer_id);
+                    // Closed here for being idle (or on purpose): not a health signal.
+                    let idle = matches!(cause, None | Some(libp2p::swarm::ConnectionError::KeepAliveTimeout));
+                    self.shared.links.record(if idle { LinkEvent::Idle { peer } } else { LinkEvent::Down { peer } });
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
