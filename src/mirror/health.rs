@@ -119,6 +119,8 @@ pub struct PeerHealth {
     pub latency: Option<Duration>,
     /// Last ping round trip.
     pub rtt: Option<Duration>,
+    /// Whether the router holds a connection to the peer, once it reported.
+    pub connected: Option<bool>,
     pub consecutive_failures: u32,
     ping_failures: u32,
     pub busy_until: Option<Instant>,
@@ -136,6 +138,7 @@ impl PeerHealth {
             throughput: None,
             latency: None,
             rtt: None,
+            connected: None,
             consecutive_failures: 0,
             ping_failures: 0,
             busy_until: None,
@@ -212,6 +215,7 @@ impl PeerHealth {
         if endpoint.is_some() {
             self.endpoint = endpoint;
         }
+        self.connected = Some(true);
         self.ping_failures = 0;
         if self.exclusion.is_some_and(|e| e.reason.ends_on_reconnect()) {
             self.include_on_probation(now);
@@ -221,6 +225,7 @@ impl PeerHealth {
 
     /// The last connection to the peer closed.
     pub fn disconnected(&mut self, now: Instant) {
+        self.connected = Some(false);
         self.exclude(ExclusionReason::Disconnected, now);
         self.touched = now;
     }

@@ -36,6 +36,8 @@ pub struct PeerStatus {
     pub endpoint: Option<String>,
     /// `healthy`, `busy` or `excluded`.
     pub state: &'static str,
+    /// Whether the router is connected to it (`None` until it reported).
+    pub connected: Option<bool>,
     pub reason: Option<ExclusionReason>,
     pub excluded_for_ms: Option<u64>,
     pub next_probe_in_ms: Option<u64>,
@@ -108,7 +110,7 @@ impl PeerScores {
             match event {
                 LinkEvent::Up { endpoint, .. } => health.connected(*endpoint, now),
                 LinkEvent::Down { .. } => health.disconnected(now),
-                LinkEvent::Idle { .. } => {}
+                LinkEvent::Idle { .. } => health.connected = Some(false),
                 LinkEvent::Rtt { rtt, .. } => health.ping(Some(*rtt), now),
                 LinkEvent::PingFailed { .. } => health.ping(None, now),
             }
@@ -210,6 +212,7 @@ fn status(name: &PeerName, health: &PeerHealth, now: Instant) -> PeerStatus {
         peer: name.to_string(),
         endpoint: health.endpoint.map(|e| e.to_string()),
         state,
+        connected: health.connected,
         reason: exclusion.map(|e| e.reason),
         excluded_for_ms: exclusion.map(|e| millis(now.saturating_duration_since(e.since))),
         next_probe_in_ms: exclusion.map(|e| millis(e.next_probe.saturating_duration_since(now))),
@@ -329,6 +332,7 @@ mod tests {
         assert!(!scores.is_excluded(&p.name));
         let snapshot = scores.snapshot();
         assert_eq!(snapshot[0].state, "healthy");
+        assert_eq!(snapshot[0].connected, Some(false), "probed back in, still not connected");
         assert_eq!(snapshot[0].endpoint.as_deref(), Some("127.0.5.3:5000"));
     }
 
