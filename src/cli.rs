@@ -145,7 +145,7 @@ pub struct RunArgs {
     /// Blob bodies served to other nodes at once; more are turned away with 429 (0: no limit).
     #[arg(long, env = "SHOAL_MAX_CONCURRENT_UPLOADS", default_value_t = 32)]
     pub max_concurrent_uploads: usize,
-    /// Upload bandwidth to other nodes per second, e.g. 200MiB (default: no limit).
+    /// Upload bandwidth to other nodes per second, e.g. 200MiB [default: no limit].
     #[arg(long, env = "SHOAL_UPLOAD_RATE", value_parser = byte_size)]
     pub upload_rate: Option<u64>,
     /// How long other nodes keep this node's provider records.
@@ -154,16 +154,16 @@ pub struct RunArgs {
     /// How often every key is advertised again (must be shorter than the TTL).
     #[arg(long, env = "SHOAL_READVERTISE_INTERVAL", default_value = "5m", value_parser = duration)]
     pub readvertise_interval: Duration,
-    /// Advertisements in flight at once (default: 32 per CPU).
-    #[arg(long, env = "SHOAL_ADVERTISE_CONCURRENCY", default_value_t = default_concurrency())]
-    pub advertise_concurrency: usize,
+    /// Advertisements in flight at once [default: 32 per CPU].
+    #[arg(long, env = "SHOAL_ADVERTISE_CONCURRENCY")]
+    pub advertise_concurrency: Option<usize>,
     /// Images to keep warm, comma-separated: registry/repository:tag, optionally =R for its own replica count.
     #[arg(long, env = "SHOAL_PIN_IMAGES", value_delimiter = ',')]
     pub pin_images: Vec<PinnedImage>,
     /// A file of images to keep warm, one per line (`image [R]`, `#` comments), re-read every round.
     #[arg(long, env = "SHOAL_PIN_IMAGES_FILE")]
     pub pin_images_file: Option<PathBuf>,
-    /// Nodes that should hold each pinned image (default: every node).
+    /// Nodes that should hold each pinned image [default: every node].
     #[arg(long, env = "SHOAL_REPLICAS", value_parser = clap::value_parser!(u64).range(1..))]
     pub replicas: Option<u64>,
     /// Time between replication rounds.
@@ -210,7 +210,8 @@ impl RunArgs {
         if self.max_peer_attempts == 0 {
             return Err(UsageError::Zero("max-peer-attempts"));
         }
-        if self.advertise_concurrency == 0 {
+        let advertise_concurrency = self.advertise_concurrency.unwrap_or_else(default_concurrency);
+        if advertise_concurrency == 0 {
             return Err(UsageError::Zero("advertise-concurrency"));
         }
         if self.popular_threshold == 0 {
@@ -261,7 +262,7 @@ impl RunArgs {
             provider_ttl: self.provider_ttl,
             advertiser: crate::advertiser::AdvertiserConfig {
                 readvertise_interval: self.readvertise_interval,
-                concurrency: self.advertise_concurrency,
+                concurrency: advertise_concurrency,
             },
             drain_timeout: self.drain_timeout,
         })

@@ -9,6 +9,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus::core::Collector;
+use prometheus::proto::MetricType;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -349,6 +351,51 @@ impl Metrics {
         InFlight(gauge)
     }
 
+    /// Every series name this registry can export, recorded yet or not (a
+    /// vector without children counts): histograms as their `_bucket`, `_sum`
+    /// and `_count` series, since the bare name is never a series. Dashboards
+    /// and alert rules are checked against it. Lists the same collectors as
+    /// `new` registers; a unit test holds the two in step.
+    pub fn metric_names(&self) -> Vec<String> {
+        let inner = &*self.inner;
+        let collectors: [&dyn Collector; 21] = [
+            &inner.requests,
+            &inner.bytes,
+            &inner.resolve_duration,
+            &inner.fetch_duration,
+            &inner.fetch_failures,
+            &inner.uploads,
+            &inner.upload_bytes,
+            &inner.advertised_keys,
+            &inner.advertise_failures,
+            &inner.connected_peers,
+            &inner.containerd_connected,
+            &inner.last_peer_fetch,
+            &inner.http_in_flight,
+            &inner.hedges,
+            &inner.hedge_wins,
+            &inner.hedge_deadline,
+            &inner.peers_excluded,
+            &inner.peer_probes,
+            &inner.uploads_in_flight,
+            &inner.replication_pulls,
+            &inner.replication_images,
+        ];
+        let mut names = Vec::new();
+        for family in collectors.iter().flat_map(|collector| collector.collect()) {
+            let name = family.name();
+            let suffixes: &[&str] = match family.get_field_type() {
+                MetricType::HISTOGRAM => &["_bucket", "_sum", "_count"],
+                MetricType::SUMMARY => &["", "_sum", "_count"],
+                MetricType::COUNTER | MetricType::GAUGE | MetricType::UNTYPED => &[""],
+            };
+            names.extend(suffixes.iter().map(|suffix| format!("{name}{suffix}")));
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The classic text exposition format (`text/plain; version=0.0.4`).
     pub fn encode(&self) -> Result<String, prometheus::Error> {
         let mut out = Vec::new();
@@ -378,6 +425,44 @@ mod tests {
         let text = metrics.encode().unwrap();
         assert!(text.contains(r#"shoal_requests_total{kind="blob",registry="docker.io",source="peer"} 1"#), "{text}");
         assert!(text.contains(r#"shoal_bytes_served_total{kind="blob",registry="docker.io",source="peer"} 42"#));
+    }
+
+    /// Records into every metric, then checks that the exposition names
+    /// exactly the families `metric_names` describes.
+    #[test]
+    fn metric_names_match_what_is_exported() {
+        let metrics = Metrics::new().unwrap();
+        let before = metrics.metric_names();
+        assert!(before.contains(&"shoal_peer_fetch_failures_total".to_owned()), "vectors count before use");
+        assert!(before.contains(&"shoal_resolve_duration_seconds_bucket".to_owned()));
+        assert!(!before.contains(&"shoal_resolve_duration_seconds".to_owned()), "a bare histogram is no series");
+        metrics.served(Source::Local, "docker.io", PathKind::Blob).inc_by(1);
+        metrics.uploaded(PathKind::Blob).inc_by(1);
+        metrics.upload_not_found(PathKind::Manifest);
+        metrics.observe_resolve(Duration::from_millis(3));
+        metrics.observe_peer_fetch(PathKind::Blob, Duration::from_millis(30));
+        metrics.peer_fetch_failed(FetchFailure::Stall);
+        metrics.set_advertised_keys(7);
+        metrics.advertise_failed(1);
+        metrics.set_connected_peers(2);
+        metrics.set_containerd_connected(true);
+        let _in_flight = metrics.in_flight("blob");
+        metrics.peer_probed(true);
+        metrics.replication_pulled(true);
+        metrics.set_replication_images(&[("held", 1)]);
+        let text = metrics.encode().unwrap();
+        let mut exported: Vec<String> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .flat_map(|line| match line.split_once(' ') {
+                Some((name, "histogram")) => ["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")).to_vec(),
+                Some((name, _)) => vec![name.to_owned()],
+                None => Vec::new(),
+            })
+            .collect();
+        exported.sort();
+        assert_eq!(exported, before);
+        assert_eq!(metrics.metric_names(), before);
     }
 
     #[test]

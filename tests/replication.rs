@@ -105,7 +105,7 @@ impl Cluster {
             let runtime = Arc::new(RuntimeFake { node: node.clone(), pinned: Mutex::default() });
             let replicator = Replicator::new(
                 PeerName::new(format!("node-{i}")),
-                Arc::new(node.router.clone()),
+                node.router.clone(),
                 node.index.clone(),
                 runtime.clone(),
                 Metrics::new().unwrap(),

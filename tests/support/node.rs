@@ -57,7 +57,7 @@ impl Default for NodeOptions {
 pub struct TestNode {
     pub addr: SocketAddr,
     pub store: MemoryStore,
-    pub router: MemoryRouter,
+    pub router: Arc<dyn Router>,
     pub index: ContentIndex,
     pub metrics: Metrics,
     pub mirror: Mirror,
@@ -73,12 +73,18 @@ impl TestNode {
     pub async fn start_with(network: &MemoryNetwork, name: &str, options: NodeOptions) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = network.router(Peer { name: PeerName::new(name), endpoint: addr });
+        let router: MemoryRouter = network.router(Peer { name: PeerName::new(name), endpoint: addr });
+        Self::serve(listener, Arc::new(router), options)
+    }
+
+    /// Serves a registry on `listener`, finding peers through `router`.
+    pub fn serve(listener: TcpListener, router: Arc<dyn Router>, options: NodeOptions) -> Self {
+        let addr = listener.local_addr().unwrap();
         let store = MemoryStore::new();
         let index = ContentIndex::new(Arc::new(store.clone()));
         let metrics = Metrics::new().unwrap();
         let spool = tempfile::tempdir().unwrap();
-        let shared_router: Arc<dyn Router> = Arc::new(router.clone());
+        let shared_router = router.clone();
         let config = MirrorConfig {
             timeouts: options.timeouts,
             max_attempts: options.max_attempts,
