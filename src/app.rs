@@ -19,9 +19,10 @@ use crate::advertiser::{Advertiser, AdvertiserConfig};
 use crate::content::{ContainerdConfig, ContainerdStore, ContentIndex, ContentStore};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::mirror::{Mirror, MirrorConfig, PeerScores, PeerTimeouts};
+use crate::mirror::{HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
 use crate::registry::response::{Body, text};
 use crate::registry::{RegistryConfig, RegistryHandler, server};
+use crate::replication::{CriConfig, CriPuller, ReplicationConfig, Replicator};
 use crate::routing::Router;
 use crate::routing::p2p::{self, BootstrapPeer, P2pConfig};
 
@@ -44,8 +45,11 @@ pub struct RunConfig {
     pub resolve_timeout: Duration,
     pub peer_timeouts: PeerTimeouts,
     pub max_peer_attempts: usize,
+    pub hedge: HedgePolicy,
     pub provider_ttl: Duration,
     pub advertiser: AdvertiserConfig,
+    pub replication: ReplicationConfig,
+    pub replication_pull_timeout: Duration,
     pub drain_timeout: Duration,
 }
 
@@ -113,6 +117,11 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
     let p2p_router = p2p::start(p2p_config, token.clone(), &tracker).await?;
     let name = p2p_router.local_name().to_string();
     let router: Arc<dyn Router> = Arc::new(p2p_router);
+    let cri = CriConfig {
+        socket: config.containerd.socket.clone(),
+        namespace: config.containerd.namespace.clone(),
+        pull_timeout: config.replication_pull_timeout,
+    };
     let store: Arc<dyn ContentStore> = Arc::new(ContainerdStore::new(config.containerd));
     let index = ContentIndex::new(store.clone());
     let health = Health::new(router.clone());
@@ -121,15 +130,23 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         max_attempts: config.max_peer_attempts,
         lookup_limit: LOOKUP_LIMIT,
         spool_dir,
+        hedge: config.hedge,
     };
     let mirror = Mirror::new(router.clone(), Arc::new(PeerScores::new()), metrics.clone(), mirror_config);
+    tracker.spawn(mirror.probe_excluded(token.clone()));
 
     let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
     tracker.spawn(watch_content(store, events_tx, token.clone()));
     let advertiser = Advertiser::new(index.clone(), router.clone(), metrics.clone(), health.clone(), config.advertiser);
     tracker.spawn(advertiser.run(events_rx, token.clone()));
 
-    let handler = RegistryHandler::new(index, mirror.clone(), metrics.clone(), health.clone(), config.registry);
+    let handler = RegistryHandler::new(index.clone(), mirror.clone(), metrics.clone(), health.clone(), config.registry);
+    if config.replication.is_active() {
+        let puller = Arc::new(CriPuller::new(cri));
+        let me = crate::routing::PeerName::new(name.as_str());
+        let replicator = Replicator::new(me, router.clone(), index, puller, metrics.clone(), config.replication);
+        tracker.spawn(replicator.run(health.clone(), token.clone()));
+    }
     let serve_registry = move |req| {
         let handler = handler.clone();
         async move { handler.handle(req).await }
@@ -186,6 +203,7 @@ impl StatusPages {
             "/status/peers" => {
                 let body = serde_json::json!({
                     "connected_peers": self.router.connected_peers(),
+                    "excluded_peers": self.mirror.scores().excluded_count(),
                     "scores": self.mirror.scores().snapshot(),
                 });
                 text(StatusCode::OK, "application/json", body.to_string())

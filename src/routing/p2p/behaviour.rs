@@ -23,6 +23,11 @@ const MAX_STORED_KEYS: usize = 100_000;
 const PROVIDERS_PER_KEY: usize = 20;
 /// How long one Kademlia query may run before it reports a timeout.
 pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Ping every connected peer this often; its round trip and failures feed
+/// peer health (a blackholed or frozen peer keeps its TCP connection open).
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// A ping unanswered for this long counts as failed.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
@@ -46,7 +51,8 @@ impl Behaviour {
         let mut kad = kad::Behaviour::with_config(local, store, kad_config(provider_ttl));
         kad.set_mode(Some(kad::Mode::Server));
         let identify = identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), keypair.public()));
-        Self { kad, identify, ping: ping::Behaviour::default() }
+        let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT));
+        Self { kad, identify, ping }
     }
 }
 

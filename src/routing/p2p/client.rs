@@ -19,7 +19,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use super::behaviour::QUERY_TIMEOUT;
 use super::bootstrap::Target;
 use crate::oci::Key;
-use crate::routing::{Error, Peer, PeerName, Router};
+use crate::routing::{Error, Links, Peer, PeerName, Router};
 
 /// Commands queued for the swarm task before senders wait.
 pub(super) const COMMAND_CAPACITY: usize = 1024;
@@ -61,6 +61,8 @@ pub(super) struct Shared {
     closed: AtomicBool,
     /// The addresses this node listens on (a std mutex: never held across an await).
     listen_addrs: Mutex<Vec<SocketAddr>>,
+    /// Connection state per peer, fed by the swarm task.
+    pub(super) links: Links,
 }
 
 impl Shared {
@@ -182,5 +184,9 @@ impl Router for P2pRouter {
 
     fn connected_peers(&self) -> usize {
         self.shared.connected()
+    }
+
+    fn links(&self) -> Links {
+        self.shared.links.clone()
     }
 }
