@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sha2::{Digest as _, Sha256};
-use shoal::mirror::PeerScores;
+use shoal::mirror::{Outcome, PeerScores};
 use shoal::oci::{ByteRange, Digest, DistributionPath};
 use shoal::routing::memory::MemoryNetwork;
 use shoal::routing::{Peer, PeerName};
@@ -45,9 +45,9 @@ fn peer_choice(c: &mut Criterion) {
         .map(|i| Peer { name: PeerName::new(format!("peer-{i}")), endpoint: ([127, 0, 0, i], 5000).into() })
         .collect();
     for (i, peer) in peers.iter().enumerate() {
-        scores.record_success(&peer.name, (i as u64 + 1) << 20, Duration::from_millis(10));
+        scores.record_success(peer, (i as u64 + 1) << 20, Duration::from_millis(10), None);
         if i % 5 == 0 {
-            scores.record_failure(&peer.name);
+            scores.record(peer, Outcome::Failed);
         }
     }
     let mut rng = StdRng::seed_from_u64(1);

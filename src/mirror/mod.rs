@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::oci::{Digest, Key, MediaType, Reference, Registry, Repository};
 use crate::routing::Router;
 pub use client::{FetchError, MIRRORED_HEADER, PeerClient, PeerTimeouts};
-pub use health::ExclusionReason;
+pub use health::{ExclusionReason, Outcome};
 pub use hedge::HedgePolicy;
 use hedge::HedgeTimer;
 pub use select::{PeerScores, PeerStatus};
