@@ -79,7 +79,7 @@ impl DemoReport {
 /// Runs the whole scenario and tears the cluster down.
 pub async fn run(options: &DemoOptions) -> Result<DemoReport> {
     ensure!(options.nodes >= 2, "the demo needs at least 2 nodes");
-    let mut cluster = Cluster::start(&ClusterOptions { nodes: options.nodes, registry: true, shoal: true }).await?;
+    let mut cluster = Cluster::start(&ClusterOptions::with_shoal(options.nodes)).await?;
     let layout = tempfile::tempdir()?;
     let spec = ImageSpec::multi_arch("demo/app", "v1", &options.layer_sizes);
     let built = image::build(&spec, layout.path())?;
