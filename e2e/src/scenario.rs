@@ -57,7 +57,20 @@ impl Scenario {
 
     /// Imports `image` into node `node`'s containerd, with no registry involved.
     pub async fn import(&self, node: usize, image: &BuiltImage) -> Result<()> {
-        self.cluster.node(node)?.import(image, &self.reference(image), PULL_TIMEOUT).await
+        self.import_into(&[node], image).await
+    }
+
+    /// Imports `image` into each of `nodes`' containerd (one archive for all).
+    pub async fn import_into(&self, nodes: &[usize], image: &BuiltImage) -> Result<()> {
+        let reference = self.reference(image);
+        let archive = self.images.path().join(format!("{}.tar", image.top.hex()));
+        image.write_import_archive(&reference, &archive)?;
+        for node in nodes {
+            let imported = self.cluster.node(*node)?.ctr().import(&archive, &reference, PULL_TIMEOUT).await;
+            imported.with_context(|| format!("import {reference} into node {node}"))?;
+        }
+        std::fs::remove_file(&archive)?;
+        Ok(())
     }
 
     /// `<registry>/<repository>:<tag>`

@@ -170,6 +170,15 @@ fn locate_or_build() -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command.current_dir(workspace).args(["build", "--quiet", "--bin", "shoal"]);
+    // What cargo set for this test binary must not reach the nested build:
+    // build scripts that watch such variables (ring watches
+    // CARGO_MANIFEST_DIR) would otherwise rebuild on every switch between
+    // `cargo test` and `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_per_crate_cargo_variable) {
+            command.env_remove(&name);
+        }
+    }
     if release {
         command.arg("--release");
     }
@@ -185,6 +194,21 @@ fn locate_or_build() -> Result<PathBuf> {
         bail!("{} is missing after building it", binary.display());
     }
     Ok(binary)
+}
+
+/// Variables cargo sets for the crate it runs (not the user's configuration).
+fn is_per_crate_cargo_variable(name: &str) -> bool {
+    const EXACT: [&str; 8] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_CRATE_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "CARGO_BIN_NAME",
+        "OUT_DIR",
+    ];
+    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
 }
 
 /// `target/<profile>` of the running executable (tests live in `<profile>/deps`).
