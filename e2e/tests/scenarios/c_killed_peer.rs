@@ -20,6 +20,6 @@ async fn c_a_killed_peer_costs_one_refused_connection() -> Result<()> {
     s.cluster.node_mut(2)?.shoal()?.kill();
 
     images.pull_shared_from_peers(&mut s, BOUND).await?;
-    images.pull_only_from_upstream(&mut s, "connect", BOUND).await?;
+    images.pull_only_from_upstream(&mut s, &["connect"], BOUND).await?;
     s.finish().await
 }

@@ -19,7 +19,7 @@ async fn e_a_hung_peer_costs_a_header_timeout_not_a_hang() -> Result<()> {
     s.cluster.node_mut(2)?.shoal()?.freeze()?;
 
     images.pull_shared_from_peers(&mut s, BOUND).await?;
-    images.pull_only_from_upstream(&mut s, "header_timeout", BOUND).await?;
+    images.pull_only_from_upstream(&mut s, &["header_timeout"], BOUND).await?;
     s.cluster.node_mut(2)?.shoal()?.resume()?;
     s.finish().await
 }

@@ -63,17 +63,22 @@ impl FaultyPeer {
     }
 
     /// With the upstream running, node 3 pulls `only`: Shoal must record at
-    /// least one failure with `reason` (it tried the bad peer), and the
-    /// upstream must serve node 3 every blob, all within `bound`.
-    pub async fn pull_only_from_upstream(&self, s: &mut Scenario, reason: &str, bound: Duration) -> Result<Duration> {
+    /// least one failure for one of `reasons` (it tried the bad peer), and
+    /// the upstream must serve node 3 every blob, all within `bound`.
+    pub async fn pull_only_from_upstream(
+        &self,
+        s: &mut Scenario,
+        reasons: &[&str],
+        bound: Duration,
+    ) -> Result<Duration> {
         s.restart_upstream().await?;
         let mark = s.upstream_mark()?;
         let before = s.metrics(3).await?;
         let elapsed = s.pull(3, &self.only).await?;
         ensure_within(elapsed, bound, "node 3's pull of an image only the bad peer holds")?;
         let after = s.metrics(3).await?;
-        let failures = after.fetch_failures(reason) - before.fetch_failures(reason);
-        ensure!(failures >= 1.0, "node 3 recorded no `{reason}` failure: it never tried the bad peer ({after:?})");
+        let failures: f64 = reasons.iter().map(|r| after.fetch_failures(r) - before.fetch_failures(r)).sum();
+        ensure!(failures >= 1.0, "node 3 recorded no {reasons:?} failure: it never tried the bad peer ({after:?})");
         let misses = after.requests("miss", "blob") - before.requests("miss", "blob");
         let blobs = self.only.host_platform()?.blobs().len() as f64;
         ensure!(misses >= blobs, "node 3's Shoal answered {misses} blob misses, expected one per blob ({blobs})");
