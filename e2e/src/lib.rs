@@ -11,7 +11,6 @@
 //! - [`metrics`]: scraping and reading a Shoal node's Prometheus counters.
 //! - [`shim`]: a corrupting proxy in front of a node's registry; [`probe`]: a bare DHT node that sees providers.
 //! - [`scenario`]: what the scenario tests share (a cluster, images, timed pulls, where bytes came from).
-//! - [`seeder`]: changes a real containerd's content through its API, for the content-store contract.
 //! - [`process`], [`wait`], [`http`]: process guards, bounded polling, a small HTTP client.
 //! - [`demo`]: the scenario behind `shoal-e2e demo`.
 //!
@@ -33,7 +32,6 @@ pub mod probe;
 pub mod process;
 pub mod registry;
 pub mod scenario;
-pub mod seeder;
 pub mod shim;
 pub mod shoal;
 pub mod wait;

@@ -169,7 +169,11 @@ fn locate_or_build() -> Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("e2e crate has no parent directory")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command.current_dir(workspace).args(["build", "--quiet", "--bin", "shoal"]);
+    // With the features the e2e tests turn on (a dev-dependency), so that the
+    // library built for the tests is reused, and `cargo build --workspace
+    // --all-targets` and this build do not undo each other (test-util only
+    // adds the in-memory fakes; `shoal run` is the same).
+    command.current_dir(workspace).args(["build", "--quiet", "--bin", "shoal", "--features", "test-util"]);
     // What cargo set for this test binary must not reach the nested build:
     // build scripts that watch such variables (ring watches
     // CARGO_MANIFEST_DIR) would otherwise rebuild on every switch between

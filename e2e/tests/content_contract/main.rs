@@ -3,17 +3,19 @@
 //! (the harness's launcher, in a temporary directory of its own).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod seeder;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
 use nix::sys::signal::Signal;
+use seeder::{seeder, store};
 use shoal::content::contract::{Seeder, content_store_contract, test_bytes};
 use shoal::content::memory::MemoryStore;
 use shoal::content::{ContainerdConfig, ContainerdStore, ContentEvent, ContentStore, Descriptor, Error};
 use shoal::oci::{Digest, MediaType, ResolvedRange};
 use shoal_e2e::containerd::Containerd;
-use shoal_e2e::seeder::{seeder, store};
 use tokio::sync::mpsc;
 
 /// Bound on any one expected event or call in these tests.

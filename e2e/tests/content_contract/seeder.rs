@@ -20,7 +20,7 @@ use shoal::oci::Digest;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-use crate::containerd::Containerd;
+use shoal_e2e::containerd::Containerd;
 
 /// Write chunk size, well under containerd's 16 MiB message limit.
 const WRITE_CHUNK: usize = 1024 * 1024;
