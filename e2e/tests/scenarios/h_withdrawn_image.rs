@@ -46,7 +46,7 @@ async fn h_a_deleted_image_is_withdrawn_and_its_holder_stops_being_chosen() -> R
     let keys: Vec<Key> = image.pulled_digests()?.iter().map(|d| d.parse()).collect::<Result<_, _>>()?;
     let node1 = SocketAddr::from((s.cluster.node(1)?.ip, REGISTRY_PORT));
     poll_until("the DHT to name node 1 for every digest", WITHDRAW_TIMEOUT, || async {
-        Ok(names_for_any(&probe, &keys, node1, true).await.then_some(()))
+        Ok(dht_names(&probe, &keys, node1).await.iter().all(|named| *named).then_some(()))
     })
     .await?;
 
@@ -75,7 +75,8 @@ async fn h_a_deleted_image_is_withdrawn_and_its_holder_stops_being_chosen() -> R
     eprintln!("[scenario h] node 3 asked node 1 and got 404 {} times", node3.fetch_failures("not_found"));
 
     poll_until("the DHT to forget node 1 once the TTL has passed", EXPIRY_TIMEOUT, || async {
-        let expired = withdrawn_at.elapsed() >= TTL && !names_for_any(&probe, &keys, node1, false).await;
+        let named = dht_names(&probe, &keys, node1).await;
+        let expired = withdrawn_at.elapsed() >= TTL && !named.iter().any(|named| *named);
         Ok(expired.then_some(()))
     })
     .await?;
@@ -99,13 +100,13 @@ async fn h_a_deleted_image_is_withdrawn_and_its_holder_stops_being_chosen() -> R
     s.finish().await
 }
 
-/// Whether the DHT names `endpoint` as a provider of every key (`all`) or of any key.
-async fn names_for_any(probe: &DhtProbe, keys: &[Key], endpoint: SocketAddr, all: bool) -> bool {
+/// For each key, whether the DHT names `endpoint` as one of its providers.
+async fn dht_names(probe: &DhtProbe, keys: &[Key], endpoint: SocketAddr) -> Vec<bool> {
     let mut named = Vec::new();
     for key in keys {
         named.push(probe.providers(key).await.contains(&endpoint));
     }
-    if all { named.iter().all(|n| *n) } else { named.iter().any(|n| *n) }
+    named
 }
 
 /// Whether node `node` answers 404 to a forwarded GET of every digest a pull of `image` fetches.
