@@ -55,10 +55,7 @@ impl FaultyPeer {
         s.ensure_upstream_served_nothing_to(mark, 3)?;
         s.verify_content(3, &self.shared)?;
         let tried_bad = after.all_fetch_failures() - before.all_fetch_failures();
-        eprintln!(
-            "[scenario {}] shared image: {tried_bad} failed attempts on the bad peer before the good one",
-            s.name
-        );
+        eprintln!("[scenario {}] shared image: {tried_bad} attempt(s) on the bad peer failed first", s.name);
         Ok(elapsed)
     }
 
