@@ -19,6 +19,7 @@ use crate::iptables::{Firewall, chain_exists};
 use crate::node::{NODE_GID_BASE, Node};
 use crate::process::{log_tail, processes_mentioning};
 use crate::registry::{REGISTRY_ADDR, UpstreamRegistry};
+use crate::shoal::ShoalTuning;
 use crate::wait::poll_until;
 
 /// Most nodes a cluster may have.
@@ -37,11 +38,20 @@ pub struct ClusterOptions {
     pub registry: bool,
     /// Start `shoal run` on every node.
     pub shoal: bool,
+    /// Extra `shoal run` flags for every node.
+    pub shoal_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { nodes: 3, registry: true, shoal: false }
+        Self { nodes: 3, registry: true, shoal: false, shoal_args: Vec::new() }
+    }
+}
+
+impl ClusterOptions {
+    /// `nodes` nodes with an upstream registry and Shoal on every node.
+    pub fn with_shoal(nodes: usize) -> Self {
+        Self { nodes, registry: true, shoal: true, shoal_args: Vec::new() }
     }
 }
 
@@ -87,7 +97,7 @@ impl Cluster {
             cluster.add_node(index).await?;
         }
         if options.shoal {
-            cluster.start_shoal_everywhere().await?;
+            cluster.start_shoal_everywhere(&options.shoal_args).await?;
         }
         Ok(cluster)
     }
@@ -103,14 +113,21 @@ impl Cluster {
     }
 
     /// Starts Shoal on every node, node 1 first; the others bootstrap from it.
-    pub async fn start_shoal_everywhere(&mut self) -> Result<()> {
-        let registry = self.registry_url();
-        let first = self.nodes.first().map(|n| n.ip).context("cluster has no node")?;
-        for node in &mut self.nodes {
-            let bootstrap = (node.ip != first).then_some(first);
-            node.start_shoal(bootstrap, &[&registry]).await?;
+    pub async fn start_shoal_everywhere(&mut self, args: &[String]) -> Result<()> {
+        for index in 1..=self.nodes.len() {
+            let tuning = ShoalTuning { registry_ip: None, args: args.to_vec() };
+            self.start_shoal_on(index, tuning).await?;
         }
         Ok(())
+    }
+
+    /// Starts Shoal on node `index` (bootstrapping from node 1 unless it is node 1).
+    pub async fn start_shoal_on(&mut self, index: usize, tuning: ShoalTuning) -> Result<()> {
+        let registry = self.registry_url();
+        let first = self.nodes.first().map(|n| n.ip).context("cluster has no node")?;
+        let node = self.node_mut(index)?;
+        let bootstrap = (node.ip != first).then_some(first);
+        node.start_shoal(bootstrap, &[&registry], tuning).await
     }
 
     /// `http://127.0.0.200:5000`, whether or not the registry runs.

@@ -21,6 +21,9 @@ pub struct Containerd {
     dir: PathBuf,
     gid: u32,
     process: ChildGuard,
+    /// The directory of a daemon made by [`Containerd::start_temporary`];
+    /// declared after `process` so that the daemon stops before it goes.
+    _temporary: Option<tempfile::TempDir>,
 }
 
 impl Containerd {
@@ -30,12 +33,38 @@ impl Containerd {
             fs::create_dir_all(dir.join(sub)).with_context(|| format!("create {}", dir.join(sub).display()))?;
         }
         fs::write(dir.join("config.toml"), config_toml(dir))?;
-        let mut command = Command::new("containerd");
-        command.arg("--config").arg(dir.join("config.toml")).gid(gid);
-        let process = ChildGuard::spawn("containerd", command, &dir.join("containerd.log"))?;
-        let mut containerd = Self { dir: dir.to_path_buf(), gid, process };
+        let process = spawn(dir, gid)?;
+        let mut containerd = Self { dir: dir.to_path_buf(), gid, process, _temporary: None };
         containerd.wait_ready().await?;
         Ok(containerd)
+    }
+
+    /// A daemon of its own, outside any cluster, in a fresh temporary
+    /// directory that goes away with it (for tests of Shoal's containerd client).
+    pub async fn start_temporary() -> Result<Self> {
+        let temporary = tempfile::Builder::new().prefix("shoal-ctrd-").tempdir()?;
+        let mut containerd = Self::start(temporary.path(), 0).await?;
+        containerd._temporary = Some(temporary);
+        Ok(containerd)
+    }
+
+    /// Sends `signal` to the daemon (SIGSTOP freezes it: it still accepts
+    /// connections but answers nothing until SIGCONT).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        self.process.signal(signal)
+    }
+
+    /// Kills the daemon at once (SIGKILL): its clients see the socket go away.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the daemon again on the same config, root, state and sockets
+    /// (after [`kill`](Self::kill), or stopping it first with SIGTERM).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.stop();
+        self.process = spawn(&self.dir, self.gid)?;
+        self.wait_ready().await
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
@@ -96,6 +125,23 @@ impl Containerd {
     pub fn process(&mut self) -> &mut ChildGuard {
         &mut self.process
     }
+}
+
+fn spawn(dir: &Path, gid: u32) -> Result<ChildGuard> {
+    let mut command = Command::new("containerd");
+    command.arg("--config").arg(dir.join("config.toml")).gid(gid);
+    ChildGuard::spawn("containerd", command, &dir.join("containerd.log")).map_err(|err| {
+        if which_containerd_missing() {
+            err.context("this test needs a real containerd (apt-get install containerd; scripts/install-deps.sh does)")
+        } else {
+            err
+        }
+    })
+}
+
+fn which_containerd_missing() -> bool {
+    std::env::var_os("PATH")
+        .is_none_or(|path| std::env::split_paths(&path).all(|dir| !dir.join("containerd").is_file()))
 }
 
 fn config_toml(dir: &Path) -> String {

@@ -48,9 +48,11 @@ pub struct NodePull {
     pub elapsed: Duration,
     /// Blob bytes the upstream registry sent to this node's address.
     pub upstream_bytes: u64,
-    /// `shoal_bytes_served_total` by source.
-    pub local_bytes: f64,
+    /// Blob bytes this node's Shoal fetched from peers and gave its containerd.
     pub peer_bytes: f64,
+    /// Blob bytes this node's Shoal sent to other nodes.
+    pub uploaded_bytes: f64,
+    /// Requests this node's Shoal answered with a 404 (containerd then asked the upstream).
     pub miss_requests: f64,
 }
 
@@ -79,7 +81,7 @@ impl DemoReport {
 /// Runs the whole scenario and tears the cluster down.
 pub async fn run(options: &DemoOptions) -> Result<DemoReport> {
     ensure!(options.nodes >= 2, "the demo needs at least 2 nodes");
-    let mut cluster = Cluster::start(&ClusterOptions { nodes: options.nodes, registry: true, shoal: true }).await?;
+    let mut cluster = Cluster::start(&ClusterOptions::with_shoal(options.nodes)).await?;
     let layout = tempfile::tempdir()?;
     let spec = ImageSpec::multi_arch("demo/app", "v1", &options.layer_sizes);
     let built = image::build(&spec, layout.path())?;
@@ -106,8 +108,8 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport> {
             ip,
             elapsed,
             upstream_bytes: upstream_bytes.get(&ip).copied().unwrap_or(0),
-            local_bytes: metrics.bytes_served("local"),
-            peer_bytes: metrics.bytes_served("peer"),
+            peer_bytes: metrics.sum("shoal_bytes_served_total", &[("source", "peer"), ("kind", "blob")]),
+            uploaded_bytes: metrics.blob_upload_bytes(),
             miss_requests: metrics.sum("shoal_requests_total", &[("source", "miss")]),
         });
     }
@@ -158,6 +160,20 @@ pub fn parse_size(text: &str) -> Result<u64> {
     number.checked_mul(multiplier).with_context(|| format!("size {text:?} is too large"))
 }
 
+impl DemoReport {
+    /// Blob bytes all pulls fetched, and how many of them the upstream and the peers served.
+    fn totals(&self) -> (f64, f64, f64) {
+        let pulled = self.pull_bytes as f64 * self.pulls.len() as f64;
+        let upstream: f64 = self.pulls.iter().map(|p| p.upstream_bytes as f64).sum();
+        let peers: f64 = self.pulls.iter().map(|p| p.peer_bytes).sum();
+        (pulled, upstream, peers)
+    }
+}
+
+fn percent(part: f64, whole: f64) -> f64 {
+    if whole == 0.0 { 0.0 } else { 100.0 * part / whole }
+}
+
 impl fmt::Display for DemoReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.pulls.len();
@@ -175,26 +191,37 @@ impl fmt::Display for DemoReport {
         writeln!(f)?;
         writeln!(
             f,
-            "{:<6}{:>11}{:>16}{:>14}{:>14}{:>14}",
-            "node", "pull time", "from upstream", "shoal: peer", "shoal: local", "shoal: misses"
+            "{:<6}{:>11}{:>16}{:>14}{:>19}{:>15}",
+            "node", "pull time", "from upstream", "from peers", "uploaded to peers", "Shoal misses"
         )?;
         for p in &self.pulls {
             writeln!(
                 f,
-                "{:<6}{:>9.2} s{:>16}{:>14}{:>14}{:>14}",
-                format!("{}", p.node),
+                "{:<6}{:>9.2} s{:>16}{:>14}{:>19}{:>15}",
+                p.node,
                 p.elapsed.as_secs_f64(),
                 bytes(p.upstream_bytes as f64),
                 bytes(p.peer_bytes),
-                bytes(p.local_bytes),
+                bytes(p.uploaded_bytes),
                 p.miss_requests
             )?;
         }
-        writeln!(f, "(from upstream: the registry's access log by node address; shoal: bytes each node's Shoal")?;
-        writeln!(f, " served by source, local = from its own containerd, to its node or to peers; misses = requests)")?;
+        writeln!(f, "  from upstream: blob bytes in the registry's access log for the node's address")?;
+        writeln!(f, "  from peers / uploaded to peers: blob bytes in each node's Shoal metrics")?;
+        writeln!(f, "  Shoal misses: requests Shoal answered 404 so that containerd asked the upstream itself")?;
         writeln!(f)?;
         let gets: Vec<String> = self.upstream_gets.iter().map(|(ip, c)| format!("{ip}: {c}")).collect();
         writeln!(f, "upstream registry access log, blob GETs by client: {}", gets.join(", "))?;
+        let (pulled, upstream, peers) = self.totals();
+        writeln!(
+            f,
+            "all {n} pulls: {} of blobs; the upstream served {} ({:.1}%), peers served {} ({:.1}%)",
+            bytes(pulled),
+            bytes(upstream),
+            percent(upstream, pulled),
+            bytes(peers),
+            percent(peers, pulled)
+        )?;
         writeln!(
             f,
             "peer hit rate on nodes 2..{n}: {:.1}% of the blob bytes they pulled",

@@ -55,6 +55,38 @@ impl Metrics {
     pub fn requests(&self, source: &str, kind: &str) -> f64 {
         self.sum("shoal_requests_total", &[("source", source), ("kind", kind)])
     }
+
+    /// `shoal_requests_total` of one `kind`, from every source.
+    pub fn requests_of_kind(&self, kind: &str) -> f64 {
+        self.sum("shoal_requests_total", &[("kind", kind)])
+    }
+
+    /// `shoal_peer_fetch_failures_total` for one `reason` (`connect`, `header_timeout`,
+    /// `not_found`, `stall`, `body`, `digest_mismatch`, ...).
+    pub fn fetch_failures(&self, reason: &str) -> f64 {
+        self.sum("shoal_peer_fetch_failures_total", &[("reason", reason)])
+    }
+
+    /// `shoal_peer_fetch_failures_total` over every reason.
+    pub fn all_fetch_failures(&self) -> f64 {
+        self.sum("shoal_peer_fetch_failures_total", &[])
+    }
+
+    /// `shoal_peer_requests_total` (requests from other nodes) with one `result`
+    /// (`served` or `not_found`), over both kinds.
+    pub fn peer_requests(&self, result: &str) -> f64 {
+        self.sum("shoal_peer_requests_total", &[("result", result)])
+    }
+
+    /// `shoal_peer_upload_bytes_total` of blobs: blob bytes sent to other nodes.
+    pub fn blob_upload_bytes(&self) -> f64 {
+        self.sum("shoal_peer_upload_bytes_total", &[("kind", "blob")])
+    }
+
+    /// One unlabelled sample (a gauge such as `shoal_containerd_connected`), if present.
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.samples.iter().find(|s| s.name == name && s.labels.is_empty()).map(|s| s.value)
+    }
 }
 
 fn parse_sample(line: &str) -> Option<Sample> {
@@ -122,6 +154,12 @@ shoal_requests_total{kind="manifest",registry="127.0.0.200:5000",source="peer"} 
 shoal_requests_total{kind="blob",registry="127.0.0.200:5000",source="miss"} 1
 shoal_bytes_served_total{kind="blob",registry="127.0.0.200:5000",source="peer"} 1.5e6
 shoal_bytes_served_total{kind="blob",registry="other",source="peer"} 500000
+shoal_peer_fetch_failures_total{reason="connect"} 2
+shoal_peer_fetch_failures_total{reason="digest_mismatch"} 1
+shoal_peer_requests_total{kind="blob",result="not_found"} 4
+shoal_peer_requests_total{kind="manifest",result="not_found"} 1
+shoal_peer_upload_bytes_total{kind="blob"} 1024
+shoal_containerd_connected 1
 weird{a="x\"y,z",b="\\"} 7
 up 1
 "#;
@@ -129,8 +167,15 @@ up 1
     #[test]
     fn sums_counters_by_label() {
         let metrics = Metrics::parse(TEXT);
-        assert_eq!(metrics.samples.len(), 7);
+        assert_eq!(metrics.samples.len(), 13);
         assert_eq!(metrics.requests("peer", "blob"), 3.0);
+        assert_eq!(metrics.requests_of_kind("blob"), 4.0);
+        assert_eq!(metrics.fetch_failures("connect"), 2.0);
+        assert_eq!(metrics.all_fetch_failures(), 3.0);
+        assert_eq!(metrics.peer_requests("not_found"), 5.0);
+        assert_eq!(metrics.blob_upload_bytes(), 1024.0);
+        assert_eq!(metrics.value("shoal_containerd_connected"), Some(1.0));
+        assert_eq!(metrics.value("shoal_requests_total"), None);
         assert_eq!(metrics.requests("peer", "manifest"), 2.0);
         assert_eq!(metrics.bytes_served("peer"), 2_000_000.0);
         assert_eq!(metrics.bytes_served("local"), 0.0);

@@ -16,7 +16,7 @@ use crate::http;
 use crate::image::{BuiltImage, OCI_INDEX, OCI_MANIFEST};
 use crate::metrics::Metrics;
 use crate::registry::REGISTRY_ADDR;
-use crate::shoal::{Shoal, ShoalOptions, mirror_url};
+use crate::shoal::{Shoal, ShoalOptions, ShoalTuning, mirror_url};
 use crate::wait::poll_until;
 
 /// First group id of node containerds; node i runs as `NODE_GID_BASE + i`.
@@ -28,6 +28,8 @@ pub struct Node {
     pub ip: Ipv4Addr,
     dir: PathBuf,
     shoal: Option<Shoal>,
+    /// How Shoal was last started, for restarts.
+    shoal_options: Option<ShoalOptions>,
     containerd: Containerd,
     cri: Cri,
 }
@@ -42,14 +44,20 @@ impl Node {
             .await
             .with_context(|| format!("start containerd of node {index}"))?;
         let cri = Cri::connect(&containerd.socket()).await?;
-        Ok(Self { index, ip, dir: dir.to_path_buf(), shoal: None, containerd, cri })
+        Ok(Self { index, ip, dir: dir.to_path_buf(), shoal: None, shoal_options: None, containerd, cri })
     }
 
     /// Writes this node's hosts.toml: its own Shoal as the mirror of `upstreams`.
     pub fn configure_mirror(&self, upstreams: &[&str]) -> Result<Vec<PathBuf>> {
+        self.configure_mirror_at(&self.mirror_url(), upstreams)
+    }
+
+    /// Writes this node's hosts.toml with `mirror` (a URL) as the mirror of
+    /// `upstreams` (CRI reads it again on every pull).
+    pub fn configure_mirror_at(&self, mirror: &str, upstreams: &[&str]) -> Result<Vec<PathBuf>> {
         let config = ConfigureConfig {
             config_path: self.containerd.certs_dir(),
-            mirror_targets: vec![self.mirror_url().parse::<MirrorTarget>()?],
+            mirror_targets: vec![mirror.parse::<MirrorTarget>()?],
             upstreams: upstreams.iter().map(|u| u.parse::<Upstream>()).collect::<Result<_, _>>()?,
             prepend_existing: false,
         };
@@ -57,26 +65,46 @@ impl Node {
     }
 
     /// Starts `shoal run` for this node.
-    pub async fn start_shoal(&mut self, bootstrap: Option<Ipv4Addr>, mirrored_registries: &[&str]) -> Result<()> {
+    pub async fn start_shoal(
+        &mut self,
+        bootstrap: Option<Ipv4Addr>,
+        mirrored_registries: &[&str],
+        tuning: ShoalTuning,
+    ) -> Result<()> {
         let options = ShoalOptions {
             ip: self.ip,
             data_dir: self.dir.join("shoal"),
             bootstrap,
             mirrored_registries: mirrored_registries.iter().map(|r| (*r).to_owned()).collect(),
+            tuning,
         };
+        self.shoal = None;
         let shoal =
             Shoal::start(&options, &self.containerd).await.with_context(|| format!("start Shoal on {}", self.ip))?;
         self.shoal = Some(shoal);
+        self.shoal_options = Some(options);
         Ok(())
     }
 
-    /// Stops this node's Shoal, if running.
+    /// Stops this node's Shoal (SIGTERM), if running.
     pub fn stop_shoal(&mut self) {
         self.shoal = None;
     }
 
-    pub fn shoal(&mut self) -> Option<&mut Shoal> {
-        self.shoal.as_mut()
+    /// Stops Shoal gracefully and starts it again with the same options and
+    /// data directory (so the same identity), waiting until it is ready.
+    pub async fn restart_shoal(&mut self) -> Result<()> {
+        let options = self.shoal_options.clone().with_context(|| format!("Shoal never ran on node {}", self.index))?;
+        self.shoal = None;
+        let shoal =
+            Shoal::start(&options, &self.containerd).await.with_context(|| format!("restart Shoal on {}", self.ip))?;
+        self.shoal = Some(shoal);
+        Ok(())
+    }
+
+    /// This node's Shoal, if running.
+    pub fn shoal(&mut self) -> Result<&mut Shoal> {
+        self.shoal.as_mut().with_context(|| format!("no Shoal on node {}", self.index))
     }
 
     /// Scrapes this node's Shoal metrics.
@@ -105,6 +133,11 @@ impl Node {
         self.containerd.certs_dir()
     }
 
+    /// containerd's content store directory (`blobs/sha256/<hex>` below it).
+    pub fn content_dir(&self) -> PathBuf {
+        self.containerd.content_dir()
+    }
+
     /// Imports `image` into this node's containerd as `name`, with no registry.
     pub async fn import(&self, image: &BuiltImage, name: &str, timeout: Duration) -> Result<()> {
         let archive = self.dir.join("import.tar");
@@ -114,23 +147,31 @@ impl Node {
         imported
     }
 
-    /// Waits until this node's Shoal answers 200 for the image's tag (a HEAD
-    /// as containerd sends it, with `ns`), i.e. until it can find the image on
-    /// a peer; this keeps a pull from racing the DHT advertisement.
+    /// Waits until this node's Shoal answers 200 for the image's tag and for
+    /// every blob a pull of it fetches (HEADs as containerd sends them, with
+    /// `ns`), i.e. until it can find all of it on peers; this keeps a pull
+    /// from racing the DHT advertisement.
     pub async fn wait_until_servable(&self, image: &BuiltImage, timeout: Duration) -> Result<()> {
-        let url = format!(
-            "{}/v2/{}/manifests/{}?ns={REGISTRY_ADDR}",
-            self.mirror_url(),
-            image.spec.repository,
-            image.spec.tag
-        );
+        let registry = self.shoal.as_ref().map_or_else(|| self.mirror_url(), Shoal::registry_url);
+        let base = format!("{registry}/v2/{}", image.spec.repository);
+        let mut urls = vec![format!("{base}/manifests/{}?ns={REGISTRY_ADDR}", image.spec.tag)];
+        let platform = image.host_platform()?;
+        for manifest in [&image.top, &platform.manifest] {
+            urls.push(format!("{base}/manifests/{}?ns={REGISTRY_ADDR}", manifest.digest));
+        }
+        for blob in platform.blobs() {
+            urls.push(format!("{base}/blobs/{}?ns={REGISTRY_ADDR}", blob.digest));
+        }
         let accept = [OCI_INDEX, OCI_MANIFEST].join(", ");
-        poll_until(&format!("node {} to serve {url}", self.index), timeout, || async {
-            let headers = [("Accept", accept.as_str())];
-            let response = http::request(Method::HEAD, &url, &headers, Duration::from_secs(5)).await?;
-            Ok(response.status.is_success().then_some(()))
-        })
-        .await
+        for url in urls {
+            poll_until(&format!("node {} to serve {url}", self.index), timeout, || async {
+                let headers = [("Accept", accept.as_str())];
+                let response = http::request(Method::HEAD, &url, &headers, Duration::from_secs(5)).await?;
+                Ok(response.status.is_success().then_some(()))
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// PIDs of this node's processes.

@@ -86,6 +86,14 @@ impl ChildGuard {
         kill(Pid::from_raw(i32::try_from(pid)?), signal).with_context(|| format!("send {signal} to {}", self.name))
     }
 
+    /// Kills the process at once (SIGKILL, by PID) and reaps it: a node that
+    /// dies without any chance to clean up.
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = child.kill();
+        self.exit_status = child.wait().ok();
+    }
+
     /// Stops the process (SIGTERM, SIGKILL after a grace period) and reaps it.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
@@ -97,7 +105,11 @@ impl ChildGuard {
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
             match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
+                Ok(Some(status)) => {
+                    self.exit_status = Some(status);
+                    return;
+                }
+                Err(_) => return,
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             }
         }

@@ -25,17 +25,31 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 /// How to start one Shoal node.
 #[derive(Debug, Clone)]
 pub struct ShoalOptions {
+    /// The node's address: router and metrics listen here, and peers reach
+    /// its registry at this address (the IP its router announces).
     pub ip: Ipv4Addr,
     pub data_dir: PathBuf,
     /// The first node's IP, or `None` for the first node itself.
     pub bootstrap: Option<Ipv4Addr>,
     /// Upstream registries as URLs, e.g. `http://127.0.0.200:5000`.
     pub mirrored_registries: Vec<String>,
+    pub tuning: ShoalTuning,
+}
+
+/// What a scenario changes about one Shoal node.
+#[derive(Debug, Clone, Default)]
+pub struct ShoalTuning {
+    /// Bind the registry here instead of the node's address, so that a shim
+    /// can stand at `<node ip>:5000`, where peers reach this node.
+    pub registry_ip: Option<Ipv4Addr>,
+    /// Extra `shoal run` flags, e.g. `["--provider-ttl", "6s"]`.
+    pub args: Vec<String>,
 }
 
 /// A running `shoal run`; stopped when dropped.
 pub struct Shoal {
     ip: Ipv4Addr,
+    registry_ip: Ipv4Addr,
     process: ChildGuard,
 }
 
@@ -44,10 +58,11 @@ impl Shoal {
     pub async fn start(options: &ShoalOptions, containerd: &Containerd) -> Result<Self> {
         std::fs::create_dir_all(&options.data_dir)?;
         let ip = options.ip;
+        let registry_ip = options.tuning.registry_ip.unwrap_or(ip);
         let mut command = Command::new(shoal_binary()?);
         command
             .arg("run")
-            .args(["--registry-addr", &format!("{ip}:{REGISTRY_PORT}")])
+            .args(["--registry-addr", &format!("{registry_ip}:{REGISTRY_PORT}")])
             .args(["--router-addr", &format!("{ip}:{ROUTER_PORT}")])
             .args(["--metrics-addr", &format!("{ip}:{METRICS_PORT}")])
             .arg("--containerd-sock")
@@ -64,15 +79,16 @@ impl Shoal {
         if !options.mirrored_registries.is_empty() {
             command.args(["--mirrored-registries", &options.mirrored_registries.join(",")]);
         }
+        command.args(&options.tuning.args);
         let log = options.data_dir.join("shoal.log");
         let process = ChildGuard::spawn(&format!("shoal {ip}"), command, &log)?;
-        let mut shoal = Self { ip, process };
+        let mut shoal = Self { ip, registry_ip, process };
         shoal.wait_ready().await?;
         Ok(shoal)
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
-        let url = format!("{}/readyz", self.url());
+        let url = format!("{}/readyz", mirror_url(self.registry_ip));
         let process = &mut self.process;
         poll_until(&format!("{url} to answer 200"), READY_TIMEOUT, || {
             let running = process.ensure_running();
@@ -88,6 +104,27 @@ impl Shoal {
     /// The registry mirror URL containerd is pointed at: `http://<ip>:5000`.
     pub fn url(&self) -> String {
         mirror_url(self.ip)
+    }
+
+    /// Where the registry really listens (differs from [`url`](Self::url) behind a shim).
+    pub fn registry_url(&self) -> String {
+        mirror_url(self.registry_ip)
+    }
+
+    /// Kills Shoal at once (SIGKILL): peers' connections are refused from now on.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Freezes Shoal (SIGSTOP): connections are still accepted by the kernel,
+    /// but nothing answers. [`resume`](Self::resume) thaws it.
+    pub fn freeze(&self) -> Result<()> {
+        self.process.signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Thaws a frozen Shoal (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.process.signal(nix::sys::signal::Signal::SIGCONT)
     }
 
     pub async fn metrics(&self) -> Result<Metrics> {
@@ -132,7 +169,20 @@ fn locate_or_build() -> Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("e2e crate has no parent directory")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command.current_dir(workspace).args(["build", "--quiet", "--bin", "shoal"]);
+    // With the features the e2e tests turn on (a dev-dependency), so that the
+    // library built for the tests is reused, and `cargo build --workspace
+    // --all-targets` and this build do not undo each other (test-util only
+    // adds the in-memory fakes; `shoal run` is the same).
+    command.current_dir(workspace).args(["build", "--quiet", "--bin", "shoal", "--features", "test-util"]);
+    // What cargo set for this test binary must not reach the nested build:
+    // build scripts that watch such variables (ring watches
+    // CARGO_MANIFEST_DIR) would otherwise rebuild on every switch between
+    // `cargo test` and `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_per_crate_cargo_variable) {
+            command.env_remove(&name);
+        }
+    }
     if release {
         command.arg("--release");
     }
@@ -148,6 +198,21 @@ fn locate_or_build() -> Result<PathBuf> {
         bail!("{} is missing after building it", binary.display());
     }
     Ok(binary)
+}
+
+/// Variables cargo sets for the crate it runs (not the user's configuration).
+fn is_per_crate_cargo_variable(name: &str) -> bool {
+    const EXACT: [&str; 8] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_CRATE_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "CARGO_BIN_NAME",
+        "OUT_DIR",
+    ];
+    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
 }
 
 /// `target/<profile>` of the running executable (tests live in `<profile>/deps`).

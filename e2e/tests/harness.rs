@@ -50,7 +50,7 @@ fn a_panic_mid_test_leaves_no_process_chain_or_directory() {
     let outcome = std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
-            let cluster = Cluster::start(&ClusterOptions { nodes: 2, registry: true, shoal: false }).await.unwrap();
+            let cluster = Cluster::start(&ClusterOptions { nodes: 2, ..ClusterOptions::default() }).await.unwrap();
             let pids: Vec<u32> =
                 cluster.nodes().iter().flat_map(|n| n.pids()).chain(cluster.registry().unwrap().pid()).collect();
             tx.send((cluster.run_dir().to_path_buf(), cluster.firewall().chain().to_owned(), pids)).unwrap();
@@ -72,7 +72,7 @@ fn a_panic_mid_test_leaves_no_process_chain_or_directory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_imports_into_one_node_without_any_registry() -> Result<()> {
-    let cluster = Cluster::start(&ClusterOptions { nodes: 1, registry: false, shoal: false }).await?;
+    let cluster = Cluster::start(&ClusterOptions { nodes: 1, registry: false, ..ClusterOptions::default() }).await?;
     let dir = tempfile::tempdir()?;
     let built = image::build(&ImageSpec::multi_arch("e2e/imported", "v1", &[8 * 1024, 512 * 1024]), dir.path())?;
     let name = built.reference(cluster.registry_host());

@@ -15,7 +15,7 @@ const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The core feature: no registry at all; node 2 gets the image from node 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_serves_an_image_imported_on_another_node() -> Result<()> {
-    let cluster = Cluster::start(&ClusterOptions { nodes: 2, registry: false, shoal: true }).await?;
+    let cluster = Cluster::start(&ClusterOptions { registry: false, ..ClusterOptions::with_shoal(2) }).await?;
     let dir = tempfile::tempdir()?;
     let built = image::build(&ImageSpec::multi_arch("e2e/peer", "v1", &[4 << 10, 1 << 20, 4 << 20]), dir.path())?;
     let name = built.reference(cluster.registry_host());

@@ -54,7 +54,7 @@ fn assert_fetched_once_by(log: &AccessLog, image: &BuiltImage, client: IpAddr) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_fall_back_to_the_upstream_when_the_mirror_is_down() -> Result<()> {
-    let cluster = Cluster::start(&ClusterOptions { nodes: 3, registry: true, shoal: false }).await?;
+    let cluster = Cluster::start(&ClusterOptions::default()).await?;
     let (cri_image, _cri_dir) =
         build_and_push(&cluster, &ImageSpec::multi_arch("e2e/cri", "v1", &[4 * KIB, MIB, 8 * MIB])).await?;
     let ctr_spec = ImageSpec { seed: 7, ..ImageSpec::multi_arch("e2e/ctr", "v1", &[16 * KIB, 2 * MIB]) };
