@@ -54,6 +54,11 @@ impl Containerd {
         self.process.signal(signal)
     }
 
+    /// Freezes the daemon (SIGSTOP) and returns once every thread has stopped.
+    pub async fn freeze(&self) -> Result<()> {
+        self.process.freeze().await
+    }
+
     /// Kills the daemon at once (SIGKILL): its clients see the socket go away.
     pub fn kill(&mut self) {
         self.process.kill();

@@ -86,6 +86,21 @@ impl ChildGuard {
         kill(Pid::from_raw(i32::try_from(pid)?), signal).with_context(|| format!("send {signal} to {}", self.name))
     }
 
+    /// Freezes the process (SIGSTOP) and returns once the kernel reports every
+    /// one of its threads stopped: a thread busy in a request when the signal
+    /// arrives could otherwise still answer it.
+    pub async fn freeze(&self) -> Result<()> {
+        self.signal(Signal::SIGSTOP)?;
+        let pid = self.pid().with_context(|| format!("{} is already stopped", self.name))?;
+        let tasks = PathBuf::from(format!("/proc/{pid}/task"));
+        let what = format!("every thread of {} stopped", self.name);
+        crate::wait::poll_until(&what, FREEZE_TIMEOUT, || {
+            let stopped = all_threads_stopped(&tasks);
+            async move { Ok(stopped.then_some(())) }
+        })
+        .await
+    }
+
     /// Kills the process at once (SIGKILL, by PID) and reaps it: a node that
     /// dies without any chance to clean up.
     pub fn kill(&mut self) {
@@ -159,4 +174,17 @@ pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
             cmdline.contains(needle).then_some((pid, cmdline))
         })
         .collect()
+}
+
+/// Longest a SIGSTOP may take to stop every thread.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether every thread under `/proc/<pid>/task` is in the stopped state (`T`).
+fn all_threads_stopped(tasks: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(tasks) else { return false };
+    entries.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+    })
 }

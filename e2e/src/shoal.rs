@@ -117,9 +117,10 @@ impl Shoal {
     }
 
     /// Freezes Shoal (SIGSTOP): connections are still accepted by the kernel,
-    /// but nothing answers. [`resume`](Self::resume) thaws it.
-    pub fn freeze(&self) -> Result<()> {
-        self.process.signal(nix::sys::signal::Signal::SIGSTOP)
+    /// but nothing answers; returns once every thread has stopped.
+    /// [`resume`](Self::resume) thaws it.
+    pub async fn freeze(&self) -> Result<()> {
+        self.process.freeze().await
     }
 
     /// Thaws a frozen Shoal (SIGCONT).

@@ -91,7 +91,7 @@ async fn real_containerd_that_hangs_fails_calls_with_unavailable_until_it_answer
     let store = store(&daemon, "hung", false);
     assert_eq!(store.images().await?, []);
 
-    daemon.signal(Signal::SIGSTOP)?;
+    daemon.freeze().await?;
     let hung = tokio::time::timeout(WAIT, store.images()).await;
     daemon.signal(Signal::SIGCONT)?;
     assert!(matches!(hung, Ok(Err(Error::Unavailable(_)))), "a frozen daemon: {hung:?}");

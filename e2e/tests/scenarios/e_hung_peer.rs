@@ -16,7 +16,7 @@ const BOUND: Duration = Duration::from_secs(60);
 async fn e_a_hung_peer_costs_a_header_timeout_not_a_hang() -> Result<()> {
     let mut s = Scenario::start("e", &ClusterOptions::with_shoal(3)).await?;
     let images = FaultyPeer::prepare(&s, 50).await?;
-    s.cluster.node_mut(2)?.shoal()?.freeze()?;
+    s.cluster.node_mut(2)?.shoal()?.freeze().await?;
 
     images.pull_shared_from_peers(&mut s, BOUND).await?;
     images.pull_only_from_upstream(&mut s, &["header_timeout"], BOUND).await?;

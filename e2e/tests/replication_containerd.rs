@@ -7,10 +7,7 @@
 //! and released.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)]
-#[path = "support/containerd.rs"]
-mod containerd_support;
-#[path = "support/node.rs"]
+#[path = "../../tests/support/node.rs"]
 mod node;
 
 use std::collections::HashMap;
@@ -21,13 +18,13 @@ use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{DeleteImageRequest, InfoRequest, ListImagesRequest, ListResourcesRequest};
-use containerd_support::Containerd;
 use node::TestNode;
 use shoal::content::Descriptor;
 use shoal::oci::{Digest, MediaType, TagRef};
 use shoal::replication::cri::{CRI_PINNED_LABEL, LEASE_ID, SHOAL_PINNED_LABEL};
 use shoal::replication::{CriConfig, CriPuller, ImagePuller};
 use shoal::routing::memory::MemoryNetwork;
+use shoal_e2e::containerd::Containerd;
 use tonic::Request;
 use tonic::transport::Channel;
 
@@ -123,14 +120,14 @@ async fn content_exists(channel: &Channel, digest: &Digest) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cri_pull_goes_through_shoal_to_a_peer_and_pins_survive_gc() -> anyhow::Result<()> {
-    let daemon = Containerd::start().await?;
+    let daemon = Containerd::start_temporary().await?;
     let network = MemoryNetwork::new();
     let holder = TestNode::start(&network, "holder").await;
     let manifest = add_runnable_image(&holder.store);
     holder.sync().await;
     let local = TestNode::start(&network, "local").await;
 
-    let hosts_dir = daemon.socket().with_file_name("certs.d").join("registry.test");
+    let hosts_dir = daemon.certs_dir().join("registry.test");
     std::fs::create_dir_all(&hosts_dir)?;
     let hosts = format!(
         "server = \"{UPSTREAM}\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
