@@ -62,7 +62,7 @@ fn registry(s: &str) -> Result<Registry, String> {
 }
 
 fn default_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from) * 32
+    crate::advertiser::AdvertiserConfig::default_concurrency()
 }
 
 #[derive(Debug, Args)]
@@ -85,7 +85,8 @@ pub struct RunArgs {
     /// containerd's content directory; blobs are read from disk when it is readable.
     #[arg(long, env = "SHOAL_CONTAINERD_CONTENT_PATH")]
     pub containerd_content_path: Option<PathBuf>,
-    /// Directory for persistent state (node identity) and spooled downloads.
+    /// Directory for persistent state (identity, known peers, the advertised index) and spooled
+    /// downloads. Without it the node starts cold every time.
     #[arg(long, env = "SHOAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Peers to bootstrap from: comma-separated multiaddrs, with or without /p2p/<peer id>.
@@ -118,9 +119,12 @@ pub struct RunArgs {
     /// How often every key is advertised again (must be shorter than the TTL).
     #[arg(long, env = "SHOAL_READVERTISE_INTERVAL", default_value = "5m", value_parser = duration)]
     pub readvertise_interval: Duration,
-    /// Advertisements in flight at once (default: 32 per CPU).
+    /// Advertisement batches in flight at once (default: 2 per CPU).
     #[arg(long, env = "SHOAL_ADVERTISE_CONCURRENCY", default_value_t = default_concurrency())]
     pub advertise_concurrency: usize,
+    /// Keys advertised in one batch.
+    #[arg(long, env = "SHOAL_ADVERTISE_BATCH_SIZE", default_value_t = crate::advertiser::AdvertiserConfig::DEFAULT_BATCH_SIZE)]
+    pub advertise_batch_size: usize,
     /// Longest a shutdown waits for in-flight transfers.
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -150,6 +154,9 @@ impl RunArgs {
         if self.advertise_concurrency == 0 {
             return Err(UsageError::Zero("advertise-concurrency"));
         }
+        if self.advertise_batch_size == 0 {
+            return Err(UsageError::Zero("advertise-batch-size"));
+        }
         Ok(RunConfig {
             registry_addr: self.registry_addr,
             router_addr: self.router_addr,
@@ -174,6 +181,7 @@ impl RunArgs {
             advertiser: crate::advertiser::AdvertiserConfig {
                 readvertise_interval: self.readvertise_interval,
                 concurrency: self.advertise_concurrency,
+                batch_size: self.advertise_batch_size,
             },
             drain_timeout: self.drain_timeout,
         })

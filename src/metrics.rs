@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::oci::PathKind;
@@ -89,6 +89,8 @@ struct Inner {
     containerd_connected: IntGauge,
     last_peer_fetch: Gauge,
     http_in_flight: GaugeVec,
+    advertise: AdvertiseMetrics,
+    state: StateMetrics,
     /// Registry label values seen so far; a std mutex, never held across `.await`.
     registries: Mutex<HashSet<String>>,
 }
@@ -156,6 +158,8 @@ impl Metrics {
         registry.register(Box::new(containerd_connected.clone()))?;
         registry.register(Box::new(last_peer_fetch.clone()))?;
         registry.register(Box::new(http_in_flight.clone()))?;
+        let advertise = AdvertiseMetrics::new(&registry)?;
+        let state = StateMetrics::new(&registry)?;
         let inner = Inner {
             registry,
             requests,
@@ -171,6 +175,8 @@ impl Metrics {
             containerd_connected,
             last_peer_fetch,
             http_in_flight,
+            advertise,
+            state,
             registries: Mutex::new(HashSet::new()),
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -230,6 +236,40 @@ impl Metrics {
         self.inner.advertise_failures.inc_by(keys);
     }
 
+    /// One batch handed to the router, and how many of its keys were advertised.
+    pub fn observe_advertise_batch(&self, elapsed: Duration, advertised: usize) {
+        self.inner.advertise.duration.observe(elapsed.as_secs_f64());
+        self.inner.advertise.provided.inc_by(advertised as u64);
+    }
+
+    pub fn withdrew(&self) {
+        self.inner.advertise.withdrawn.inc();
+    }
+
+    /// Keys waiting to be advertised or withdrawn, including those in flight.
+    pub fn set_advertise_pending(&self, n: usize) {
+        self.inner.advertise.pending.set(gauge_value(n));
+    }
+
+    /// Keys whose last advertisement failed, waiting for a retry.
+    pub fn set_advertise_failed_keys(&self, n: usize) {
+        self.inner.advertise.failed_keys.set(gauge_value(n));
+    }
+
+    pub fn observe_state_write(&self, elapsed: Duration) {
+        self.inner.state.write_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn state_write_failed(&self) {
+        self.inner.state.write_failures.inc();
+    }
+
+    /// How this run started (`cold`, `fresh`, `rebuilt`, `recovered`): that series is 1.
+    pub fn set_state_start(&self, mode: &'static str) {
+        self.inner.state.start_mode.reset();
+        self.inner.state.start_mode.with_label_values(&[mode]).set(1);
+    }
+
     pub fn set_connected_peers(&self, n: usize) {
         self.inner.connected_peers.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
@@ -250,6 +290,82 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.inner.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The advertisement pipeline's metrics.
+struct AdvertiseMetrics {
+    duration: Histogram,
+    provided: IntCounter,
+    withdrawn: IntCounter,
+    pending: IntGauge,
+    failed_keys: IntGauge,
+}
+
+impl AdvertiseMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "shoal_advertise_duration_seconds",
+                    "Time to advertise one batch of keys, until every key was announced or failed.",
+                )
+                .buckets(latency_buckets()),
+            )?,
+            provided: IntCounter::new("shoal_advertisements_total", "Keys advertised (each re-advertisement counts).")?,
+            withdrawn: IntCounter::new("shoal_withdrawals_total", "Keys withdrawn.")?,
+            pending: IntGauge::new(
+                "shoal_advertise_pending_keys",
+                "Keys waiting to be advertised or withdrawn, including those in flight.",
+            )?,
+            failed_keys: IntGauge::new(
+                "shoal_advertise_failed_keys",
+                "Keys whose last advertisement failed, waiting for a retry.",
+            )?,
+        };
+        registry.register(Box::new(metrics.duration.clone()))?;
+        registry.register(Box::new(metrics.provided.clone()))?;
+        registry.register(Box::new(metrics.withdrawn.clone()))?;
+        registry.register(Box::new(metrics.pending.clone()))?;
+        registry.register(Box::new(metrics.failed_keys.clone()))?;
+        Ok(metrics)
+    }
+}
+
+/// The state file's metrics.
+struct StateMetrics {
+    write_duration: Histogram,
+    write_failures: IntCounter,
+    start_mode: IntGaugeVec,
+}
+
+impl StateMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            write_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "shoal_state_write_duration_seconds",
+                    "Time to write one change to the state file, durably.",
+                )
+                .buckets(latency_buckets()),
+            )?,
+            write_failures: IntCounter::new(
+                "shoal_state_write_failures_total",
+                "Writes to the state file that failed.",
+            )?,
+            start_mode: IntGaugeVec::new(
+                Opts::new("shoal_state_start_mode", "How this run started: cold, fresh, rebuilt or recovered (1)."),
+                &["mode"],
+            )?,
+        };
+        registry.register(Box::new(metrics.write_duration.clone()))?;
+        registry.register(Box::new(metrics.write_failures.clone()))?;
+        registry.register(Box::new(metrics.start_mode.clone()))?;
+        Ok(metrics)
     }
 }
 

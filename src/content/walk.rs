@@ -80,7 +80,7 @@ async fn children(store: &dyn ContentStore, desc: &Descriptor) -> Result<Vec<Des
 /// Converts an oci-spec descriptor, dropping ones with digests Shoal does not serve.
 fn convert(desc: &OciDescriptor) -> Option<Descriptor> {
     let digest = desc.digest().to_string().parse().ok()?;
-    let media_type = MediaType::parse(desc.media_type().as_ref())
-        .unwrap_or_else(|| MediaType::from_static(MediaType::OCTET_STREAM));
+    let media_type =
+        MediaType::parse(desc.media_type().as_ref()).unwrap_or_else(|| MediaType::from_static(MediaType::OCTET_STREAM));
     Some(Descriptor { digest, media_type, size: desc.size() })
 }

@@ -131,6 +131,22 @@ impl PeerScores {
             .collect()
     }
 
+    /// Restores scores an earlier run saved `age` ago; penalties keep fading
+    /// from when they were saved. Peers scored already keep their score.
+    pub fn restore(&self, scores: &[PeerScore], age: Duration) {
+        let now = Instant::now();
+        let updated = now.checked_sub(age).unwrap_or(now);
+        let Ok(mut all) = self.stats.lock() else { return };
+        for score in scores {
+            let stats = PeerStats {
+                reliability: score.reliability.clamp(0.0, 1.0),
+                throughput: score.throughput_bytes_per_second,
+                updated,
+            };
+            all.entry(PeerName::new(score.peer.as_str())).or_insert(stats);
+        }
+    }
+
     /// Every known peer's score, best first.
     pub fn snapshot(&self) -> Vec<PeerScore> {
         let now = Instant::now();

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::behaviour::QUERY_TIMEOUT;
 use super::bootstrap::Target;
+use super::known::KnownPeer;
 use crate::oci::Key;
 use crate::routing::{Error, Peer, PeerName, Router};
 
@@ -48,6 +49,14 @@ pub(super) enum Command {
     /// Dial bootstrap targets (fire and forget: connections show in the peer count).
     Dial {
         targets: Vec<Target>,
+    },
+    /// List the peers of the routing table.
+    KnownPeers {
+        reply: oneshot::Sender<Vec<KnownPeer>>,
+    },
+    /// Seed the routing table with peers known earlier and dial them.
+    DialKnown {
+        peers: Vec<KnownPeer>,
     },
 }
 
@@ -120,6 +129,21 @@ impl P2pRouter {
     /// This node's name, as other peers see it in lookups.
     pub fn local_name(&self) -> PeerName {
         self.local_name.clone()
+    }
+
+    /// The peers of the routing table with their announced router addresses,
+    /// for the peer store.
+    pub async fn known_peers(&self) -> Result<Vec<KnownPeer>, Error> {
+        self.request(|reply| Command::KnownPeers { reply }, LOCAL_COMMAND_TIMEOUT).await
+    }
+
+    /// Dials peers known from an earlier run (alongside any bootstrap) and
+    /// adds them to the routing table. Does not wait for the connections.
+    pub async fn dial_known(&self, peers: Vec<KnownPeer>) -> Result<(), Error> {
+        if peers.is_empty() {
+            return Ok(());
+        }
+        self.send(Command::DialKnown { peers }).await
     }
 
     pub(super) async fn send(&self, command: Command) -> Result<(), Error> {

@@ -24,6 +24,7 @@ use super::addresses::{AddressBook, tcp_multiaddr, tcp_socket_addr};
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::bootstrap::Target;
 use super::client::{Command, Shared};
+use super::known;
 use super::lookups::Lookups;
 use crate::oci::Key;
 use crate::routing::{Error, Peer};
@@ -86,6 +87,10 @@ impl EventLoop {
             }
             Command::Lookup { key, limit, deadline, results } => self.start_lookup(&key, limit, deadline, results),
             Command::Dial { targets } => targets.into_iter().for_each(|t| self.dial_target(t)),
+            Command::KnownPeers { reply } => {
+                let _ = reply.send(known::list(&mut self.swarm, self.book.rule()));
+            }
+            Command::DialKnown { peers } => known::dial(&mut self.swarm, self.book.rule(), peers),
         }
     }
 

@@ -14,6 +14,7 @@
 //! - `lookups`: provider lookups in flight and when each ends.
 //! - `addresses`: announced addresses and the registry endpoint rule.
 //! - `bootstrap`: bootstrap peers, DNS, and the reconnect schedule.
+//! - `known`: the routing table's peers for the peer store, and re-dialling them.
 //! - `transport`: TCP + noise + yamux, dialling from fresh ports.
 
 mod addresses;
@@ -22,6 +23,7 @@ mod bootstrap;
 mod client;
 mod event_loop;
 mod identity;
+mod known;
 mod lookups;
 mod transport;
 
@@ -37,6 +39,7 @@ use tokio_util::task::TaskTracker;
 pub use bootstrap::{BootstrapPeer, BootstrapPeerError};
 pub use client::P2pRouter;
 pub use identity::Identity;
+pub use known::KnownPeer;
 
 use addresses::{AddressBook, EndpointRule, tcp_multiaddr};
 use behaviour::Behaviour;
