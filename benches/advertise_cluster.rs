@@ -1,20 +1,36 @@
 //! How long one node takes to advertise 10,000 digests in a 20-node loopback
-//! cluster of real libp2p routers, serial against parallel.
+//! cluster of real libp2p routers: serial (one DHT query per key, one at a
+//! time), parallel DHT queries, and the real advertisement pipeline (an
+//! `Advertiser` over an in-memory containerd, batched).
 //!
 //! A plain `harness = false` binary: `cargo bench --bench advertise_cluster`.
 //! Nodes listen on 127.0.4.1 ..= 127.0.4.20 (loopback only). Environment:
-//! `SHOAL_BENCH_NODES`, `SHOAL_BENCH_KEYS`, `SHOAL_BENCH_SERIAL_KEYS` (the serial
-//! run advertises this many keys and is scaled up), `SHOAL_BENCH_CONCURRENCY`.
+//! `SHOAL_BENCH_NODES`, `SHOAL_BENCH_KEYS`, `SHOAL_BENCH_SERIAL_KEYS` and
+//! `SHOAL_BENCH_QUERY_KEYS` (those runs advertise that many keys and are scaled
+//! up), `SHOAL_BENCH_CONCURRENCY` (the pipeline's batches in flight).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/images.rs"]
+mod images;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use futures::StreamExt;
+use images::add_image;
+use shoal::advertiser::{Advertiser, AdvertiserConfig};
+use shoal::content::memory::MemoryStore;
+use shoal::content::{ContentEvent, ContentIndex};
+use shoal::health::Health;
+use shoal::metrics::Metrics;
 use shoal::oci::{Digest, Key};
 use shoal::routing::Router;
 use shoal::routing::p2p::{self, BootstrapPeer, Identity, P2pConfig, P2pRouter};
+use shoal::state::State;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -120,40 +136,109 @@ async fn findable(router: &P2pRouter, keys: &[Key]) -> usize {
         .await
 }
 
+/// The real pipeline: an [`Advertiser`] over an in-memory containerd holding
+/// `images` images of `per_image` digests each, advertising through `router`.
+/// Returns the time until every digest and tag was advertised.
+async fn pipeline(
+    router: &P2pRouter,
+    images: usize,
+    per_image: usize,
+    concurrency: usize,
+) -> Result<(Duration, Vec<Key>)> {
+    let store = MemoryStore::new();
+    for image in 0..images {
+        // Each image: a manifest, a config, and `per_image - 2` layers, all distinct.
+        let layers: Vec<Bytes> = (0..per_image - 2).map(|l| Bytes::from(format!("bench {image}/{l}"))).collect();
+        add_image(&store, &format!("bench.test/image-{image}:v1"), &layers);
+    }
+    let index = ContentIndex::new(Arc::new(store.clone()));
+    let shared: Arc<dyn Router> = Arc::new(router.clone());
+    let metrics = Metrics::new()?;
+    let config = AdvertiserConfig {
+        readvertise_interval: Duration::from_secs(300),
+        concurrency,
+        batch_size: AdvertiserConfig::DEFAULT_BATCH_SIZE,
+    };
+    let health = Health::new(shared.clone());
+    let advertiser = Advertiser::new(index.clone(), shared, State::disabled(&metrics), metrics.clone(), health, config);
+    let token = CancellationToken::new();
+    let (events, inbox) = tokio::sync::mpsc::channel(16);
+    let started = Instant::now();
+    let running = tokio::spawn(advertiser.run(inbox, token.clone()));
+    events.send(ContentEvent::Connected).await?;
+    let expected = images * (per_image + 1);
+    let deadline = started + Duration::from_secs(600);
+    while advertised(&metrics) < expected {
+        if Instant::now() > deadline {
+            bail!("only {} of {expected} keys advertised", advertised(&metrics));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    let keys = index.keys();
+    token.cancel();
+    running.await?;
+    Ok((elapsed, keys))
+}
+
+/// The `shoal_advertisements_total` counter.
+fn advertised(metrics: &Metrics) -> usize {
+    let text = metrics.encode().unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("shoal_advertisements_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as usize)
+}
+
 async fn run() -> Result<()> {
     let nodes = u8::try_from(env_or("SHOAL_BENCH_NODES", 20)).context("SHOAL_BENCH_NODES")?;
     let total = env_or("SHOAL_BENCH_KEYS", 10_000);
     let serial_keys = env_or("SHOAL_BENCH_SERIAL_KEYS", 500);
-    let concurrency = env_or("SHOAL_BENCH_CONCURRENCY", 64);
+    let query_keys = env_or("SHOAL_BENCH_QUERY_KEYS", 2_000);
+    let concurrency = env_or("SHOAL_BENCH_CONCURRENCY", AdvertiserConfig::default_concurrency());
     let cluster = Cluster::start(nodes).await?;
     let (provider, looker) = (&cluster.routers[nodes as usize / 2], &cluster.routers[0]);
     cluster.warm_up().await?;
+    println!("advertise {total} digests from one node of {nodes} loopback nodes (release build):");
 
     let serial = keys("serial", serial_keys);
     let cpu = cpu_time();
     let serial_time = advertise(provider, &serial, 1).await?;
-    let serial_cpu = cpu_time() - cpu;
     let serial_per_key = serial_time / serial_keys.max(1) as u32;
-    let parallel = keys("parallel", total);
-    let cpu = cpu_time();
-    let parallel_time = advertise(provider, &parallel, concurrency).await?;
-    let parallel_cpu = cpu_time() - cpu;
-    let sample: Vec<Key> = parallel.iter().step_by((total / 200).max(1)).cloned().collect();
-    let found = findable(looker, &sample).await;
-
     let serial_estimate = serial_per_key * total as u32;
-    println!("advertise {total} digests, {nodes} loopback nodes:");
     println!(
-        "  serial:   {serial_keys} keys in {serial_time:.2?} ({serial_per_key:.2?}/key, cluster cpu {:.2?}/key) => {total} keys ~ {serial_estimate:.2?}",
-        serial_cpu / serial_keys.max(1) as u32
+        "  serial, one DHT query per key:      {serial_keys} keys in {serial_time:.2?} ({serial_per_key:.2?}/key, cluster cpu {:.2?}/key) => {total} keys ~ {serial_estimate:.2?}",
+        (cpu_time() - cpu) / serial_keys.max(1) as u32
     );
+
+    let queries = keys("queries", query_keys);
+    let cpu = cpu_time();
+    let query_time = advertise(provider, &queries, 32).await?;
     println!(
-        "  parallel: {total} keys in {parallel_time:.2?} at concurrency {concurrency} (cluster cpu {parallel_cpu:.2?}, {:.2?}/key)",
-        parallel_cpu / total.max(1) as u32
+        "  parallel DHT queries (32 in flight): {query_keys} keys in {query_time:.2?} (cluster cpu {:.2?}/key) => {total} keys ~ {:.2?}",
+        (cpu_time() - cpu) / query_keys.max(1) as u32,
+        query_time / query_keys.max(1) as u32 * total as u32
     );
-    println!("  ratio serial/parallel: {:.1}x", serial_estimate.as_secs_f64() / parallel_time.as_secs_f64());
+
+    let per_image = 100;
+    let images = total.div_ceil(per_image);
+    let cpu = cpu_time();
+    let (pipeline_time, advertised_keys) = pipeline(provider, images, per_image, concurrency).await?;
+    let digests = images * per_image;
+    println!(
+        "  pipeline ({concurrency} batches of {} in flight): {digests} digests + {images} tags in {pipeline_time:.2?} (cluster cpu {:.2?})",
+        AdvertiserConfig::DEFAULT_BATCH_SIZE,
+        cpu_time() - cpu
+    );
+    println!("  ratio serial / pipeline: {:.0}x", serial_estimate.as_secs_f64() / pipeline_time.as_secs_f64());
+
+    let sample: Vec<Key> = advertised_keys.iter().step_by((advertised_keys.len() / 200).max(1)).cloned().collect();
+    let found = findable(looker, &sample).await;
     println!("  findable from another node: {found}/{} sampled keys", sample.len());
     cluster.stop().await;
+    if found < sample.len() {
+        bail!("{} sampled keys were not found", sample.len() - found);
+    }
     Ok(())
 }
 

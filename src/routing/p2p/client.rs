@@ -18,6 +18,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::behaviour::QUERY_TIMEOUT;
 use super::bootstrap::Target;
+use super::bulk::BulkOutcome;
 use super::known::KnownPeer;
 use crate::oci::Key;
 use crate::routing::{Error, Peer, PeerName, Router};
@@ -26,6 +27,10 @@ use crate::routing::{Error, Peer, PeerName, Router};
 pub(super) const COMMAND_CAPACITY: usize = 1024;
 /// How long a provide may wait for its query: the query's own limit plus slack.
 const PROVIDE_TIMEOUT: Duration = QUERY_TIMEOUT.saturating_add(Duration::from_secs(15));
+/// How long a batch may take: every announcement is answered or times out well within it.
+const PROVIDE_MANY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Key-by-key provides in flight for one batch when batching is not possible.
+const QUERIES_PER_BATCH: usize = 16;
 /// Commands that only touch local state answer well within this.
 const LOCAL_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,6 +39,11 @@ pub(super) enum Command {
     Provide {
         key: Key,
         reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// Provide several keys in one batch, if the whole network is known.
+    ProvideMany {
+        keys: Vec<Key>,
+        reply: oneshot::Sender<BulkOutcome>,
     },
     Withdraw {
         key: Key,
@@ -197,6 +207,23 @@ impl Router for P2pRouter {
     async fn provide(&self, key: &Key) -> Result<(), Error> {
         let key = key.clone();
         self.request(|reply| Command::Provide { key, reply }, PROVIDE_TIMEOUT).await?
+    }
+
+    /// One announcement per peer when the whole network is known (see
+    /// `bulk`); otherwise one Kademlia query per key, a few at a time.
+    async fn provide_many(&self, keys: &[Key]) -> Vec<Result<(), Error>> {
+        let batch = keys.to_vec();
+        match self.request(|reply| Command::ProvideMany { keys: batch, reply }, PROVIDE_MANY_TIMEOUT).await {
+            Ok(BulkOutcome::Done(results)) => results,
+            Ok(BulkOutcome::NeedQueries) => {
+                let one_by_one = stream::iter(keys.to_vec()).map(|key| {
+                    let router = self.clone();
+                    async move { router.provide(&key).await }
+                });
+                one_by_one.buffered(QUERIES_PER_BATCH).collect().await
+            }
+            Err(error) => vec![Err(error); keys.len()],
+        }
     }
 
     async fn withdraw(&self, key: &Key) -> Result<(), Error> {

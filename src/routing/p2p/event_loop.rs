@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::addresses::{AddressBook, tcp_multiaddr, tcp_socket_addr};
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::bootstrap::Target;
+use super::bulk::{Bulk, record_key};
 use super::client::{Command, Shared};
 use super::known;
 use super::lookups::Lookups;
@@ -41,6 +42,7 @@ pub(super) struct EventLoop {
     provides: HashMap<QueryId, oneshot::Sender<Result<(), Error>>>,
     /// Whether the first Kademlia bootstrap (self-lookup) was started.
     bootstrapped: bool,
+    bulk: Bulk,
 }
 
 impl EventLoop {
@@ -49,9 +51,10 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         shared: Arc<Shared>,
         book: AddressBook,
+        bulk: Bulk,
     ) -> Self {
         let lookups = Lookups::new(*swarm.local_peer_id());
-        Self { swarm, commands, shared, book, lookups, provides: HashMap::new(), bootstrapped: false }
+        Self { swarm, commands, shared, book, lookups, provides: HashMap::new(), bootstrapped: false, bulk }
     }
 
     pub(super) async fn run(mut self, token: CancellationToken) {
@@ -81,6 +84,7 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Provide { key, reply } => self.start_providing(key, reply),
+            Command::ProvideMany { keys, reply } => self.bulk.start(&mut self.swarm, keys, reply),
             Command::Withdraw { key, reply } => {
                 self.kad().stop_providing(&record_key(&key));
                 let _ = reply.send(());
@@ -167,6 +171,7 @@ impl EventLoop {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Announce(event)) => self.bulk.on_event(&mut self.swarm, event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 self.on_identified(peer_id, info);
             }
@@ -240,11 +245,8 @@ impl EventLoop {
                     self.lookups.query_finished(id);
                 }
             }
+            kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining: 0, .. })) => self.bulk.set_bootstrapped(),
             other => tracing::debug!(result = ?other, "kademlia query progressed"),
         }
     }
-}
-
-fn record_key(key: &Key) -> RecordKey {
-    RecordKey::new(&key.to_bytes())
 }
