@@ -11,6 +11,7 @@
 //! cancelled (advertising stops, listeners close) and in-flight transfers
 //! get until the drain deadline to finish.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,10 +40,11 @@ use crate::state::{Loaded, PeerRecord, State};
 const LOOKUP_LIMIT: usize = 20;
 /// containerd events buffered between the watcher and the advertiser.
 const EVENT_BUFFER: usize = 1024;
-/// How often the peer store is saved while running (and once at shutdown).
+/// How often the routing table is compared with the saved peer store; a
+/// change is saved at once, so even a `kill -9` loses little.
+const PEER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// The peer store (with fresh scores) is saved at least this often, and at shutdown.
 const PEER_SAVE_INTERVAL: Duration = Duration::from_secs(60);
-/// The first save comes sooner, once the node has met its peers.
-const FIRST_PEER_SAVE: Duration = Duration::from_secs(10);
 /// The shutdown save of the peer store may take this long.
 const PEER_SAVE_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -204,17 +206,17 @@ impl PeerStore {
 
     /// Saves the routing table's peers with their scores, replacing the last copy.
     pub async fn save(&self) {
+        match self.router.known_peers().await {
+            Ok(known) => self.save_known(known).await,
+            Err(error) => tracing::debug!(%error, "cannot list known peers; keeping the last saved copy"),
+        }
+    }
+
+    async fn save_known(&self, known: Vec<KnownPeer>) {
         if !self.state.is_persistent() {
             return;
         }
-        let known = match self.router.known_peers().await {
-            Ok(known) => known,
-            Err(error) => {
-                tracing::debug!(%error, "cannot list known peers; keeping the last saved copy");
-                return;
-            }
-        };
-        let scores: std::collections::HashMap<String, PeerScore> =
+        let scores: HashMap<String, PeerScore> =
             self.scores.snapshot().into_iter().map(|s| (s.peer.clone(), s)).collect();
         let records = known
             .into_iter()
@@ -231,15 +233,24 @@ impl PeerStore {
         let _ = self.state.save_peers(records).await;
     }
 
-    /// Saves the peer store every [`PEER_SAVE_INTERVAL`] until cancelled.
+    /// Saves the peer store whenever the routing table changes, and at least
+    /// every [`PEER_SAVE_INTERVAL`], until cancelled.
     async fn keep_saved(self, token: CancellationToken) {
-        let first = tokio::time::Instant::now() + FIRST_PEER_SAVE;
-        let mut tick = tokio::time::interval_at(first, PEER_SAVE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if !self.state.is_persistent() {
+            return;
+        }
+        let mut check = tokio::time::interval(PEER_CHECK_INTERVAL);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut saved, mut saved_at) = (Vec::new(), tokio::time::Instant::now());
         loop {
             tokio::select! {
                 () = token.cancelled() => return,
-                _ = tick.tick() => self.save().await,
+                _ = check.tick() => {}
+            }
+            let Ok(known) = self.router.known_peers().await else { continue };
+            if known != saved || saved_at.elapsed() >= PEER_SAVE_INTERVAL {
+                self.save_known(known.clone()).await;
+                (saved, saved_at) = (known, tokio::time::Instant::now());
             }
         }
     }

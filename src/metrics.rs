@@ -260,6 +260,10 @@ impl Metrics {
         self.inner.state.write_duration.observe(elapsed.as_secs_f64());
     }
 
+    pub fn set_saved_peers(&self, n: usize) {
+        self.inner.state.saved_peers.set(gauge_value(n));
+    }
+
     pub fn state_write_failed(&self) {
         self.inner.state.write_failures.inc();
     }
@@ -341,6 +345,7 @@ struct StateMetrics {
     write_duration: Histogram,
     write_failures: IntCounter,
     start_mode: IntGaugeVec,
+    saved_peers: IntGauge,
 }
 
 impl StateMetrics {
@@ -361,10 +366,12 @@ impl StateMetrics {
                 Opts::new("shoal_state_start_mode", "How this run started: cold, fresh, rebuilt or recovered (1)."),
                 &["mode"],
             )?,
+            saved_peers: IntGauge::new("shoal_state_saved_peers", "Peers in the peer store as last saved.")?,
         };
         registry.register(Box::new(metrics.write_duration.clone()))?;
         registry.register(Box::new(metrics.write_failures.clone()))?;
         registry.register(Box::new(metrics.start_mode.clone()))?;
+        registry.register(Box::new(metrics.saved_peers.clone()))?;
         Ok(metrics)
     }
 }

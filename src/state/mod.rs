@@ -164,7 +164,10 @@ impl State {
 
     /// Replaces the stored peers, durably, noting when they were saved.
     pub async fn save_peers(&self, peers: Vec<PeerRecord>) -> Result<(), Error> {
-        self.write(move |db| write_peers(db, &peers)).await
+        let count = peers.len();
+        self.write(move |db| write_peers(db, &peers)).await?;
+        self.metrics.set_saved_peers(count);
+        Ok(())
     }
 
     async fn write(&self, write: impl FnOnce(&Database) -> Result<(), Error> + Send + 'static) -> Result<(), Error> {

@@ -27,8 +27,14 @@ pub struct KnownPeer {
     pub addrs: Vec<SocketAddr>,
 }
 
-/// Every peer in the routing table with a usable address, closest buckets first.
+/// Every peer in the routing table with a usable address, sorted by name.
 pub(super) fn list(swarm: &mut Swarm<Behaviour>, rule: EndpointRule) -> Vec<KnownPeer> {
+    let mut peers = listed(swarm, rule);
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+    peers
+}
+
+fn listed(swarm: &mut Swarm<Behaviour>, rule: EndpointRule) -> Vec<KnownPeer> {
     let mut peers = Vec::new();
     for bucket in swarm.behaviour_mut().kad.kbuckets() {
         for entry in bucket.iter() {
