@@ -8,7 +8,9 @@
 //! itself and sends every peer all of its records in one announcement (the
 //! idea of IPFS's accelerated "full routing table" client). Receivers store
 //! ordinary provider records, so lookups are plain Kademlia and find them.
-//! Otherwise the caller is told to fall back to one query per key.
+//! Otherwise the caller is told to fall back to one query per key. Right
+//! after start-up, batches wait (up to [`BOOTSTRAP_WAIT`]) for the first
+//! bootstrap walk, so a restarting node re-advertises in batches too.
 //!
 //! Owns: the batches in flight, the announcement requests they wait for,
 //! and storing the records peers announce to this node. Like a Kademlia
@@ -23,6 +25,7 @@ use libp2p::kad::{K_VALUE, KBucketKey, ProviderRecord, RecordKey};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::announce::{Announcement, MAX_KEYS_PER_REQUEST, Stored};
 use super::behaviour::{Behaviour, KBUCKET_SIZE};
@@ -31,6 +34,9 @@ use crate::routing::Error;
 
 /// Most addresses a peer may announce with its keys.
 const MAX_ANNOUNCED_ADDRS: usize = 8;
+/// How long a batch waits for the first bootstrap walk before falling back
+/// to one query per key (a node alone never completes one).
+pub(super) const BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
 
 /// How a batch ended.
 #[derive(Debug)]
@@ -47,11 +53,29 @@ struct Batch {
     outstanding: usize,
 }
 
+/// A batch waiting for the first bootstrap walk.
+struct Waiting {
+    keys: Vec<Key>,
+    reply: oneshot::Sender<BulkOutcome>,
+}
+
+/// Whether the routing table can be trusted to hold the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bootstrap {
+    /// No walk completed yet; batches wait until `until`.
+    Pending {
+        until: Instant,
+    },
+    /// Waited in vain: batches fall back to queries until a walk completes.
+    GaveUp,
+    Done,
+}
+
 /// Batches in flight, and the settings receivers need.
 pub(super) struct Bulk {
     provider_ttl: Duration,
-    /// Whether a Kademlia bootstrap walk has completed since start-up.
-    bootstrapped: bool,
+    bootstrap: Bootstrap,
+    waiting: Vec<Waiting>,
     batches: HashMap<u64, Batch>,
     requests: HashMap<OutboundRequestId, u64>,
     next_batch: u64,
@@ -59,20 +83,50 @@ pub(super) struct Bulk {
 
 impl Bulk {
     pub(super) fn new(provider_ttl: Duration) -> Self {
-        Self { provider_ttl, bootstrapped: false, batches: HashMap::new(), requests: HashMap::new(), next_batch: 0 }
+        Self {
+            provider_ttl,
+            bootstrap: Bootstrap::Pending { until: Instant::now() + BOOTSTRAP_WAIT },
+            waiting: Vec::new(),
+            batches: HashMap::new(),
+            requests: HashMap::new(),
+            next_batch: 0,
+        }
     }
 
     /// A bootstrap walk completed: the routing table reflects the network.
-    pub(super) fn set_bootstrapped(&mut self) {
-        if !self.bootstrapped {
-            tracing::debug!("routing table bootstrapped; batched advertisement enabled");
+    /// Batches waiting for it start now.
+    pub(super) fn set_bootstrapped(&mut self, swarm: &mut Swarm<Behaviour>) {
+        if self.bootstrap != Bootstrap::Done {
+            tracing::debug!(waiting = self.waiting.len(), "routing table bootstrapped; batched advertisement enabled");
         }
-        self.bootstrapped = true;
+        self.bootstrap = Bootstrap::Done;
+        for Waiting { keys, reply } in std::mem::take(&mut self.waiting) {
+            self.start(swarm, keys, reply);
+        }
+    }
+
+    /// Gives up waiting for the first bootstrap once its time is over.
+    pub(super) fn expire_waiting(&mut self, now: Instant) {
+        if let Bootstrap::Pending { until } = self.bootstrap
+            && now >= until
+        {
+            self.bootstrap = Bootstrap::GaveUp;
+            for Waiting { reply, .. } in std::mem::take(&mut self.waiting) {
+                let _ = reply.send(BulkOutcome::NeedQueries);
+            }
+        }
     }
 
     /// Stores the local records of `keys` and announces them to their closest peers.
     pub(super) fn start(&mut self, swarm: &mut Swarm<Behaviour>, keys: Vec<Key>, reply: oneshot::Sender<BulkOutcome>) {
-        let peers = if self.bootstrapped { whole_network(swarm) } else { None };
+        let peers = match self.bootstrap {
+            Bootstrap::Pending { .. } => {
+                self.waiting.push(Waiting { keys, reply });
+                return;
+            }
+            Bootstrap::GaveUp => None,
+            Bootstrap::Done => whole_network(swarm),
+        };
         let Some(peers) = peers else {
             let _ = reply.send(BulkOutcome::NeedQueries);
             return;

@@ -71,6 +71,7 @@ impl EventLoop {
                 _ = sweep.tick() => {}
             }
             self.end_lookups();
+            self.bulk.expire_waiting(Instant::now());
         }
         // Dropping the pending replies tells waiting callers the router is gone.
         self.shared.set_closed();
@@ -245,7 +246,9 @@ impl EventLoop {
                     self.lookups.query_finished(id);
                 }
             }
-            kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining: 0, .. })) => self.bulk.set_bootstrapped(),
+            kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining: 0, .. })) => {
+                self.bulk.set_bootstrapped(&mut self.swarm);
+            }
             other => tracing::debug!(result = ?other, "kademlia query progressed"),
         }
     }
