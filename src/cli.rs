@@ -260,5 +260,8 @@ mod tests {
         let cli = Cli::try_parse_from(["shoal", "run", "--readvertise-interval", "20m"]);
         let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
         assert!(matches!(args.into_config(), Err(UsageError::ReadvertiseNotBeforeExpiry { .. })));
+        let cli = Cli::try_parse_from(["shoal", "run", "--advertise-batch-size", "0"]);
+        let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
+        assert!(matches!(args.into_config(), Err(UsageError::Zero("advertise-batch-size"))));
     }
 }

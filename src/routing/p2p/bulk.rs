@@ -37,6 +37,10 @@ const MAX_ANNOUNCED_ADDRS: usize = 8;
 /// How long a batch waits for the first bootstrap walk before falling back
 /// to one query per key (a node alone never completes one).
 pub(super) const BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
+/// A batch is done after this long even if some announcements are still
+/// pending (a blackholed peer may hold a dial for minutes): like a Kademlia
+/// provide, reaching fewer peers is not a failure.
+const BATCH_DEADLINE: Duration = Duration::from_secs(15);
 
 /// How a batch ended.
 #[derive(Debug)]
@@ -51,6 +55,7 @@ struct Batch {
     reply: oneshot::Sender<BulkOutcome>,
     results: Vec<Result<(), Error>>,
     outstanding: usize,
+    deadline: Instant,
 }
 
 /// A batch waiting for the first bootstrap walk.
@@ -105,14 +110,22 @@ impl Bulk {
         }
     }
 
-    /// Gives up waiting for the first bootstrap once its time is over.
-    pub(super) fn expire_waiting(&mut self, now: Instant) {
+    /// Gives up waiting for the first bootstrap once its time is over, and
+    /// ends batches past their deadline.
+    pub(super) fn on_tick(&mut self, now: Instant) {
         if let Bootstrap::Pending { until } = self.bootstrap
             && now >= until
         {
             self.bootstrap = Bootstrap::GaveUp;
             for Waiting { reply, .. } in std::mem::take(&mut self.waiting) {
                 let _ = reply.send(BulkOutcome::NeedQueries);
+            }
+        }
+        let overdue: Vec<u64> = self.batches.iter().filter(|(_, b)| now >= b.deadline).map(|(id, _)| *id).collect();
+        for id in overdue {
+            if let Some(batch) = self.batches.remove(&id) {
+                tracing::debug!(unanswered = batch.outstanding, "batch deadline passed; some peers were not reached");
+                let _ = batch.reply.send(BulkOutcome::Done(batch.results));
             }
         }
     }
@@ -159,7 +172,7 @@ impl Bulk {
                 outstanding += 1;
             }
         }
-        let batch = Batch { reply, results, outstanding };
+        let batch = Batch { reply, results, outstanding, deadline: Instant::now() + BATCH_DEADLINE };
         if outstanding == 0 {
             let _ = batch.reply.send(BulkOutcome::Done(batch.results));
         } else {

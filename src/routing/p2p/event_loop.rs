@@ -71,7 +71,7 @@ impl EventLoop {
                 _ = sweep.tick() => {}
             }
             self.end_lookups();
-            self.bulk.expire_waiting(Instant::now());
+            self.bulk.on_tick(Instant::now());
         }
         // Dropping the pending replies tells waiting callers the router is gone.
         self.shared.set_closed();
