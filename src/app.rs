@@ -28,10 +28,11 @@ use crate::advertiser::{Advertiser, AdvertiserConfig};
 use crate::content::{ContainerdConfig, ContainerdStore, ContentIndex, ContentStore};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::mirror::select::PeerScore;
-use crate::mirror::{Mirror, MirrorConfig, PeerScores, PeerTimeouts};
+use crate::mirror::select::PeerStatus;
+use crate::mirror::{HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
 use crate::registry::response::{Body, text};
 use crate::registry::{RegistryConfig, RegistryHandler, server};
+use crate::replication::{CriConfig, CriPuller, ReplicationConfig, Replicator};
 use crate::routing::Router;
 use crate::routing::p2p::{self, BootstrapPeer, KnownPeer, P2pConfig, P2pRouter};
 use crate::state::{Loaded, PeerRecord, State};
@@ -62,8 +63,11 @@ pub struct RunConfig {
     pub resolve_timeout: Duration,
     pub peer_timeouts: PeerTimeouts,
     pub max_peer_attempts: usize,
+    pub hedge: HedgePolicy,
     pub provider_ttl: Duration,
     pub advertiser: AdvertiserConfig,
+    pub replication: ReplicationConfig,
+    pub replication_pull_timeout: Duration,
     pub drain_timeout: Duration,
 }
 
@@ -139,6 +143,11 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
     let peer_store = PeerStore { state: state.clone(), router: p2p_router.clone(), scores: scores.clone() };
     peer_store.recover(&peers, peers_age).await;
     let router: Arc<dyn Router> = Arc::new(p2p_router);
+    let cri = CriConfig {
+        socket: config.containerd.socket.clone(),
+        namespace: config.containerd.namespace.clone(),
+        pull_timeout: config.replication_pull_timeout,
+    };
     let store: Arc<dyn ContentStore> = Arc::new(ContainerdStore::new(config.containerd));
     let index = ContentIndex::new(store.clone());
     let health = Health::new(router.clone());
@@ -147,8 +156,10 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         max_attempts: config.max_peer_attempts,
         lookup_limit: LOOKUP_LIMIT,
         spool_dir,
+        hedge: config.hedge,
     };
     let mirror = Mirror::new(router.clone(), scores, metrics.clone(), mirror_config);
+    tracker.spawn(mirror.probe_excluded(token.clone()));
 
     let mut advertiser =
         Advertiser::new(index.clone(), router.clone(), state, metrics.clone(), health.clone(), config.advertiser);
@@ -159,7 +170,13 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
     tracker.spawn(advertiser.run(events_rx, token.clone()));
     tracker.spawn(peer_store.clone().keep_saved(token.clone()));
 
-    let handler = RegistryHandler::new(index, mirror.clone(), metrics.clone(), health.clone(), config.registry);
+    let handler = RegistryHandler::new(index.clone(), mirror.clone(), metrics.clone(), health.clone(), config.registry);
+    if config.replication.is_active() {
+        let puller = Arc::new(CriPuller::new(cri));
+        let me = crate::routing::PeerName::new(name.as_str());
+        let replicator = Replicator::new(me, router.clone(), index, puller, metrics.clone(), config.replication);
+        tracker.spawn(replicator.run(health.clone(), token.clone()));
+    }
     let serve_registry = move |req| {
         let handler = handler.clone();
         async move { handler.handle(req).await }
@@ -186,14 +203,11 @@ pub struct PeerStore {
 impl PeerStore {
     /// Dials the peers saved by an earlier run and restores their scores.
     async fn recover(&self, peers: &[PeerRecord], age: Duration) {
-        let scores: Vec<PeerScore> = peers
-            .iter()
-            .filter_map(|p| {
-                let reliability = p.reliability?;
-                Some(PeerScore { peer: p.name.to_string(), reliability, throughput_bytes_per_second: p.throughput })
-            })
-            .collect();
-        self.scores.restore(&scores, age);
+        for peer in peers {
+            if let Some(reliability) = peer.reliability {
+                self.scores.restore(&peer.name, reliability, peer.throughput, age);
+            }
+        }
         let known: Vec<KnownPeer> = peers
             .iter()
             .filter(|p| !p.addrs.is_empty())
@@ -216,7 +230,7 @@ impl PeerStore {
         if !self.state.is_persistent() {
             return;
         }
-        let scores: HashMap<String, PeerScore> =
+        let scores: HashMap<String, PeerStatus> =
             self.scores.snapshot().into_iter().map(|s| (s.peer.clone(), s)).collect();
         let records = known
             .into_iter()
@@ -298,6 +312,7 @@ impl StatusPages {
             "/status/peers" => {
                 let body = serde_json::json!({
                     "connected_peers": self.router.connected_peers(),
+                    "excluded_peers": self.mirror.scores().excluded_count(),
                     "scores": self.mirror.scores().snapshot(),
                 });
                 text(StatusCode::OK, "application/json", body.to_string())

@@ -10,8 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::app::RunConfig;
 use crate::configure::{ConfigureConfig, MirrorTarget, Upstream};
-use crate::mirror::PeerTimeouts;
+use crate::mirror::{HedgePolicy, PeerTimeouts};
 use crate::oci::Registry;
+use crate::replication::{PinnedImage, PopularityConfig, ReplicationConfig};
 use crate::routing::p2p::BootstrapPeer;
 
 #[derive(Debug, Parser)]
@@ -60,6 +61,29 @@ fn registry(s: &str) -> Result<Registry, String> {
     let upstream: Upstream = s.parse().map_err(|e| format!("{e}"))?;
     upstream.host().parse().map_err(|e| format!("{e}"))
 }
+
+/// A byte count: a plain number, or with a unit (`K`, `M`, `G` and their
+/// `KiB`/`MiB`/`GiB` forms are powers of 1024; `KB`/`MB`/`GB` of 1000).
+fn byte_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{s:?} is not a size (use e.g. 500M, 1GiB, 10MB)"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} (use K, M, G, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    number.checked_mul(factor).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Peers asked for their hot list each replication round.
+const GOSSIP_FANOUT: usize = 3;
 
 fn default_concurrency() -> usize {
     crate::advertiser::AdvertiserConfig::default_concurrency()
@@ -110,21 +134,60 @@ pub struct RunArgs {
     /// Longest a peer's response body may stall before the next peer takes over.
     #[arg(long, env = "SHOAL_PEER_STALL_TIMEOUT", default_value = "3s", value_parser = duration)]
     pub peer_stall_timeout: Duration,
-    /// Peers tried for one request before answering 404.
+    /// Peers tried for one request, hedges included, before answering 404.
     #[arg(long, env = "SHOAL_MAX_PEER_ATTEMPTS", default_value_t = 4)]
     pub max_peer_attempts: usize,
+    /// Hedge when a peer is slower to answer than this percentile of recent fetches (0 turns hedging off).
+    #[arg(long, env = "SHOAL_HEDGE_PERCENTILE", default_value_t = 90, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub hedge_percentile: u8,
+    /// The shortest wait before hedging (also the wait until there is history).
+    #[arg(long, env = "SHOAL_HEDGE_FLOOR", default_value = "50ms", value_parser = duration)]
+    pub hedge_floor: Duration,
+    /// Blob bodies served to other nodes at once; more are turned away with 429 (0: no limit).
+    #[arg(long, env = "SHOAL_MAX_CONCURRENT_UPLOADS", default_value_t = 32)]
+    pub max_concurrent_uploads: usize,
+    /// Upload bandwidth to other nodes per second, e.g. 200MiB [default: no limit].
+    #[arg(long, env = "SHOAL_UPLOAD_RATE", value_parser = byte_size)]
+    pub upload_rate: Option<u64>,
     /// How long other nodes keep this node's provider records.
     #[arg(long, env = "SHOAL_PROVIDER_TTL", default_value = "10m", value_parser = duration)]
     pub provider_ttl: Duration,
     /// How often every key is advertised again (must be shorter than the TTL).
     #[arg(long, env = "SHOAL_READVERTISE_INTERVAL", default_value = "5m", value_parser = duration)]
     pub readvertise_interval: Duration,
-    /// Advertisement batches in flight at once (default: 2 per CPU).
-    #[arg(long, env = "SHOAL_ADVERTISE_CONCURRENCY", default_value_t = default_concurrency())]
-    pub advertise_concurrency: usize,
+    /// Advertisement batches in flight at once [default: 2 per CPU].
+    #[arg(long, env = "SHOAL_ADVERTISE_CONCURRENCY")]
+    pub advertise_concurrency: Option<usize>,
     /// Keys advertised in one batch.
     #[arg(long, env = "SHOAL_ADVERTISE_BATCH_SIZE", default_value_t = crate::advertiser::AdvertiserConfig::DEFAULT_BATCH_SIZE)]
     pub advertise_batch_size: usize,
+    /// Images to keep warm, comma-separated: registry/repository:tag, optionally =R for its own replica count.
+    #[arg(long, env = "SHOAL_PIN_IMAGES", value_delimiter = ',')]
+    pub pin_images: Vec<PinnedImage>,
+    /// A file of images to keep warm, one per line (`image [R]`, `#` comments), re-read every round.
+    #[arg(long, env = "SHOAL_PIN_IMAGES_FILE")]
+    pub pin_images_file: Option<PathBuf>,
+    /// Nodes that should hold each pinned image [default: every node].
+    #[arg(long, env = "SHOAL_REPLICAS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub replicas: Option<u64>,
+    /// Time between replication rounds.
+    #[arg(long, env = "SHOAL_REPLICATION_INTERVAL", default_value = "1m", value_parser = duration)]
+    pub replication_interval: Duration,
+    /// Longest a replication pull may take.
+    #[arg(long, env = "SHOAL_REPLICATION_PULL_TIMEOUT", default_value = "15m", value_parser = duration)]
+    pub replication_pull_timeout: Duration,
+    /// Nodes that should hold each popular image (0 turns popular replication off).
+    #[arg(long, env = "SHOAL_POPULAR_REPLICAS", default_value_t = 3)]
+    pub popular_replicas: usize,
+    /// Peer pulls from one node within --popular-window that make an image popular.
+    #[arg(long, env = "SHOAL_POPULAR_THRESHOLD", default_value_t = 10)]
+    pub popular_threshold: usize,
+    /// How far back peer pulls count towards popularity.
+    #[arg(long, env = "SHOAL_POPULAR_WINDOW", default_value = "10m", value_parser = duration)]
+    pub popular_window: Duration,
+    /// Bytes of popular images one node may pull per hour, e.g. 10GiB.
+    #[arg(long, env = "SHOAL_REPLICATION_BUDGET", default_value = "10GiB", value_parser = byte_size)]
+    pub replication_budget: u64,
     /// Longest a shutdown waits for in-flight transfers.
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -151,11 +214,15 @@ impl RunArgs {
         if self.max_peer_attempts == 0 {
             return Err(UsageError::Zero("max-peer-attempts"));
         }
-        if self.advertise_concurrency == 0 {
+        let advertise_concurrency = self.advertise_concurrency.unwrap_or_else(default_concurrency);
+        if advertise_concurrency == 0 {
             return Err(UsageError::Zero("advertise-concurrency"));
         }
         if self.advertise_batch_size == 0 {
             return Err(UsageError::Zero("advertise-batch-size"));
+        }
+        if self.popular_threshold == 0 {
+            return Err(UsageError::Zero("popular-threshold"));
         }
         Ok(RunConfig {
             registry_addr: self.registry_addr,
@@ -169,7 +236,24 @@ impl RunArgs {
             data_dir: self.data_dir,
             bootstrap_peers: self.bootstrap_peers,
             bootstrap_dns: self.bootstrap_dns,
-            registry: crate::registry::RegistryConfig { mirrored: self.mirrored_registries },
+            registry: crate::registry::RegistryConfig {
+                mirrored: self.mirrored_registries,
+                uploads: crate::registry::UploadLimits {
+                    max_concurrent: (self.max_concurrent_uploads > 0).then_some(self.max_concurrent_uploads),
+                    bytes_per_second: self.upload_rate.filter(|rate| *rate > 0),
+                },
+                popularity: PopularityConfig { window: self.popular_window, threshold: self.popular_threshold },
+            },
+            replication: ReplicationConfig {
+                pinned: self.pin_images,
+                pinned_file: self.pin_images_file,
+                replicas: self.replicas.map(|r| usize::try_from(r).unwrap_or(usize::MAX)),
+                interval: self.replication_interval,
+                popular_replicas: self.popular_replicas,
+                budget_bytes_per_hour: self.replication_budget,
+                gossip_fanout: GOSSIP_FANOUT,
+            },
+            replication_pull_timeout: self.replication_pull_timeout,
             resolve_timeout: self.resolve_timeout,
             peer_timeouts: PeerTimeouts {
                 connect: self.peer_connect_timeout,
@@ -177,10 +261,15 @@ impl RunArgs {
                 stall: self.peer_stall_timeout,
             },
             max_peer_attempts: self.max_peer_attempts,
+            hedge: HedgePolicy {
+                quantile: f64::from(self.hedge_percentile) / 100.0,
+                floor: self.hedge_floor,
+                enabled: self.hedge_percentile > 0,
+            },
             provider_ttl: self.provider_ttl,
             advertiser: crate::advertiser::AdvertiserConfig {
                 readvertise_interval: self.readvertise_interval,
-                concurrency: self.advertise_concurrency,
+                concurrency: advertise_concurrency,
                 batch_size: self.advertise_batch_size,
             },
             drain_timeout: self.drain_timeout,
@@ -251,6 +340,49 @@ mod tests {
         let mirrored: Vec<String> = config.registry.mirrored.iter().map(ToString::to_string).collect();
         assert_eq!(mirrored, ["docker.io", "127.0.0.200:5000"]);
         assert_eq!(config.resolve_timeout, Duration::from_millis(250));
+        assert!(config.replication.pinned.is_empty());
+        assert_eq!(config.replication.replicas, None);
+        assert_eq!(config.registry.uploads.max_concurrent, Some(32));
+    }
+
+    #[test]
+    fn replication_and_upload_flags_become_configs() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "run",
+            "--pin-images",
+            "registry.test/team/app:v1,registry.test/team/db:v3=2",
+            "--replicas",
+            "3",
+            "--max-concurrent-uploads",
+            "0",
+            "--upload-rate",
+            "100MiB",
+            "--hedge-percentile",
+            "0",
+        ]);
+        let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
+        let config = args.into_config().map_err(|e| e.to_string());
+        let Ok(config) = config else { panic!("{config:?}") };
+        let replicas: Vec<Option<usize>> = config.replication.pinned.iter().map(|p| p.replicas).collect();
+        assert_eq!(replicas, [None, Some(2)]);
+        assert_eq!(config.replication.replicas, Some(3));
+        assert_eq!(config.registry.uploads.max_concurrent, None, "0 means no limit");
+        assert_eq!(config.registry.uploads.bytes_per_second, Some(100 << 20));
+        assert!(!config.hedge.enabled);
+        assert!(Cli::try_parse_from(["shoal", "run", "--replicas", "0"]).is_err());
+        assert!(Cli::try_parse_from(["shoal", "run", "--pin-images", "nginx"]).is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(byte_size("512"), Ok(512));
+        assert_eq!(byte_size("100M"), Ok(100 << 20));
+        assert_eq!(byte_size("2GiB"), Ok(2 << 30));
+        assert_eq!(byte_size("10MB"), Ok(10_000_000));
+        assert!(byte_size("ten").is_err());
+        assert!(byte_size("1TB").is_err());
+        assert!(byte_size("99999999999999G").is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`advertiser`]: keeps the DHT in step with the content index.
 //! - [`mirror`]: fetching from peers: weighted peer choice, timeouts, verification.
 //! - [`registry`]: the HTTP face: the pull-only distribution API and health endpoints.
+//! - [`replication`]: keeping named images warm on R nodes and spreading popular ones.
 //! - [`health`]: readiness and liveness.
 //! - [`metrics`]: every Prometheus metric, in one registry passed in.
 //! - [`app`]: wiring, and shutdown through one token and one task tracker.
@@ -28,5 +29,6 @@ pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod registry;
+pub mod replication;
 pub mod routing;
 pub mod state;

@@ -9,6 +9,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus::core::Collector;
+use prometheus::proto::MetricType;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -41,8 +43,12 @@ impl Source {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FetchFailure {
     Connect,
+    /// The request failed after connecting, before any response.
+    Transport,
     HeaderTimeout,
     Status,
+    /// The peer answered 429/503: at its upload limit.
+    Busy,
     NotFound,
     Stall,
     Body,
@@ -54,8 +60,10 @@ impl FetchFailure {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",
+            Self::Transport => "transport",
             Self::HeaderTimeout => "header_timeout",
             Self::Status => "status",
+            Self::Busy => "busy",
             Self::NotFound => "not_found",
             Self::Stall => "stall",
             Self::Body => "body",
@@ -89,6 +97,14 @@ struct Inner {
     containerd_connected: IntGauge,
     last_peer_fetch: Gauge,
     http_in_flight: GaugeVec,
+    hedges: IntCounter,
+    hedge_wins: IntCounter,
+    hedge_deadline: Gauge,
+    peers_excluded: IntGauge,
+    peer_probes: IntCounterVec,
+    uploads_in_flight: Gauge,
+    replication_pulls: IntCounterVec,
+    replication_images: IntGaugeVec,
     advertise: AdvertiseMetrics,
     state: StateMetrics,
     /// Registry label values seen so far; a std mutex, never held across `.await`.
@@ -124,7 +140,10 @@ impl Metrics {
             &["reason"],
         )?;
         let uploads = IntCounterVec::new(
-            Opts::new("shoal_peer_requests_total", "Requests from other nodes, by whether this node held the content."),
+            Opts::new(
+                "shoal_peer_requests_total",
+                "Requests from other nodes, by result: served, not_found, or busy (turned away at the upload limit).",
+            ),
             &["kind", "result"],
         )?;
         let upload_bytes = IntCounterVec::new(
@@ -158,6 +177,42 @@ impl Metrics {
         registry.register(Box::new(containerd_connected.clone()))?;
         registry.register(Box::new(last_peer_fetch.clone()))?;
         registry.register(Box::new(http_in_flight.clone()))?;
+        let hedges =
+            IntCounter::new("shoal_hedges_total", "Hedged attempts started: a second peer asked in parallel.")?;
+        let hedge_wins =
+            IntCounter::new("shoal_hedge_wins_total", "Hedged attempts that delivered response headers first.")?;
+        let hedge_deadline = Gauge::new(
+            "shoal_hedge_deadline_seconds",
+            "The current hedge deadline: wait this long for headers before asking another peer.",
+        )?;
+        let peers_excluded =
+            IntGauge::new("shoal_peers_excluded", "Peers excluded from selection (closed connection, failures).")?;
+        let peer_probes = IntCounterVec::new(
+            Opts::new("shoal_peer_probes_total", "Health probes of excluded peers, by result."),
+            &["result"],
+        )?;
+        let uploads_in_flight =
+            Gauge::new("shoal_uploads_in_flight", "Blob bodies being streamed to other nodes right now.")?;
+        registry.register(Box::new(uploads_in_flight.clone()))?;
+        let replication_pulls = IntCounterVec::new(
+            Opts::new("shoal_replication_pulls_total", "Pulls started by replication (pinned or popular), by result."),
+            &["result"],
+        )?;
+        let replication_images = IntGaugeVec::new(
+            Opts::new(
+                "shoal_replication_images",
+                "Images the last replication round considered, by what it did: held, satisfied, waiting, pulled, \
+                 failed, over_budget.",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(replication_pulls.clone()))?;
+        registry.register(Box::new(replication_images.clone()))?;
+        registry.register(Box::new(hedges.clone()))?;
+        registry.register(Box::new(hedge_wins.clone()))?;
+        registry.register(Box::new(hedge_deadline.clone()))?;
+        registry.register(Box::new(peers_excluded.clone()))?;
+        registry.register(Box::new(peer_probes.clone()))?;
         let advertise = AdvertiseMetrics::new(&registry)?;
         let state = StateMetrics::new(&registry)?;
         let inner = Inner {
@@ -175,6 +230,14 @@ impl Metrics {
             containerd_connected,
             last_peer_fetch,
             http_in_flight,
+            hedges,
+            hedge_wins,
+            hedge_deadline,
+            peers_excluded,
+            peer_probes,
+            uploads_in_flight,
+            replication_pulls,
+            replication_images,
             advertise,
             state,
             registries: Mutex::new(HashSet::new()),
@@ -207,6 +270,18 @@ impl Metrics {
     pub fn uploaded(&self, kind: PathKind) -> IntCounter {
         self.inner.uploads.with_label_values(&[kind.as_str(), "served"]).inc();
         self.inner.upload_bytes.with_label_values(&[kind.as_str()])
+    }
+
+    /// Counts a request from another node turned away at the upload limit.
+    pub fn upload_busy(&self, kind: PathKind) {
+        self.inner.uploads.with_label_values(&[kind.as_str(), "busy"]).inc();
+    }
+
+    /// Tracks one upload body until the guard drops.
+    pub fn uploading(&self) -> InFlight {
+        let gauge = self.inner.uploads_in_flight.clone();
+        gauge.inc();
+        InFlight(gauge)
     }
 
     /// Counts a request from another node for content this node lacks.
@@ -282,11 +357,88 @@ impl Metrics {
         self.inner.containerd_connected.set(i64::from(up));
     }
 
+    pub fn hedge_started(&self) {
+        self.inner.hedges.inc();
+    }
+
+    pub fn hedge_won(&self) {
+        self.inner.hedge_wins.inc();
+    }
+
+    pub fn set_hedge_deadline(&self, deadline: Duration) {
+        self.inner.hedge_deadline.set(deadline.as_secs_f64());
+    }
+
+    pub fn set_peers_excluded(&self, n: usize) {
+        self.inner.peers_excluded.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn peer_probed(&self, ok: bool) {
+        self.inner.peer_probes.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+    }
+
+    pub fn replication_pulled(&self, ok: bool) {
+        self.inner.replication_pulls.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+    }
+
+    /// The last replication round's image count per state (closed set of names).
+    pub fn set_replication_images(&self, states: &[(&'static str, usize)]) {
+        for (state, count) in states {
+            self.inner.replication_images.with_label_values(&[state]).set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Tracks one in-flight request of `kind` until the guard drops.
     pub fn in_flight(&self, kind: &'static str) -> InFlight {
         let gauge = self.inner.http_in_flight.with_label_values(&[kind]);
         gauge.inc();
         InFlight(gauge)
+    }
+
+    /// Every series name this registry can export, recorded yet or not (a
+    /// vector without children counts): histograms as their `_bucket`, `_sum`
+    /// and `_count` series, since the bare name is never a series. Dashboards
+    /// and alert rules are checked against it. Lists the same collectors as
+    /// `new` registers; a unit test holds the two in step.
+    pub fn metric_names(&self) -> Vec<String> {
+        let inner = &*self.inner;
+        let collectors: [&dyn Collector; 21] = [
+            &inner.requests,
+            &inner.bytes,
+            &inner.resolve_duration,
+            &inner.fetch_duration,
+            &inner.fetch_failures,
+            &inner.uploads,
+            &inner.upload_bytes,
+            &inner.advertised_keys,
+            &inner.advertise_failures,
+            &inner.connected_peers,
+            &inner.containerd_connected,
+            &inner.last_peer_fetch,
+            &inner.http_in_flight,
+            &inner.hedges,
+            &inner.hedge_wins,
+            &inner.hedge_deadline,
+            &inner.peers_excluded,
+            &inner.peer_probes,
+            &inner.uploads_in_flight,
+            &inner.replication_pulls,
+            &inner.replication_images,
+        ];
+        let mut names = Vec::new();
+        let all = collectors.into_iter().chain(inner.advertise.collectors()).chain(inner.state.collectors());
+        for family in all.flat_map(|collector| collector.collect()) {
+            let name = family.name();
+            let suffixes: &[&str] = match family.get_field_type() {
+                MetricType::HISTOGRAM => &["_bucket", "_sum", "_count"],
+                MetricType::SUMMARY => &["", "_sum", "_count"],
+                MetricType::COUNTER | MetricType::GAUGE | MetricType::UNTYPED => &[""],
+            };
+            names.extend(suffixes.iter().map(|suffix| format!("{name}{suffix}")));
+        }
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// The classic text exposition format (`text/plain; version=0.0.4`).
@@ -338,6 +490,11 @@ impl AdvertiseMetrics {
         registry.register(Box::new(metrics.failed_keys.clone()))?;
         Ok(metrics)
     }
+
+    /// The collectors `new` registers, for `Metrics::metric_names`.
+    fn collectors(&self) -> [&dyn Collector; 5] {
+        [&self.duration, &self.provided, &self.withdrawn, &self.pending, &self.failed_keys]
+    }
 }
 
 /// The state file's metrics.
@@ -374,6 +531,11 @@ impl StateMetrics {
         registry.register(Box::new(metrics.saved_peers.clone()))?;
         Ok(metrics)
     }
+
+    /// The collectors `new` registers, for `Metrics::metric_names`.
+    fn collectors(&self) -> [&dyn Collector; 4] {
+        [&self.write_duration, &self.write_failures, &self.start_mode, &self.saved_peers]
+    }
 }
 
 /// Decrements the in-flight gauge when dropped.
@@ -397,6 +559,52 @@ mod tests {
         let text = metrics.encode().unwrap();
         assert!(text.contains(r#"shoal_requests_total{kind="blob",registry="docker.io",source="peer"} 1"#), "{text}");
         assert!(text.contains(r#"shoal_bytes_served_total{kind="blob",registry="docker.io",source="peer"} 42"#));
+    }
+
+    /// Records into every metric, then checks that the exposition names
+    /// exactly the families `metric_names` describes.
+    #[test]
+    fn metric_names_match_what_is_exported() {
+        let metrics = Metrics::new().unwrap();
+        let before = metrics.metric_names();
+        assert!(before.contains(&"shoal_peer_fetch_failures_total".to_owned()), "vectors count before use");
+        assert!(before.contains(&"shoal_resolve_duration_seconds_bucket".to_owned()));
+        assert!(!before.contains(&"shoal_resolve_duration_seconds".to_owned()), "a bare histogram is no series");
+        metrics.served(Source::Local, "docker.io", PathKind::Blob).inc_by(1);
+        metrics.uploaded(PathKind::Blob).inc_by(1);
+        metrics.upload_not_found(PathKind::Manifest);
+        metrics.observe_resolve(Duration::from_millis(3));
+        metrics.observe_peer_fetch(PathKind::Blob, Duration::from_millis(30));
+        metrics.peer_fetch_failed(FetchFailure::Stall);
+        metrics.set_advertised_keys(7);
+        metrics.advertise_failed(1);
+        metrics.set_connected_peers(2);
+        metrics.set_containerd_connected(true);
+        let _in_flight = metrics.in_flight("blob");
+        metrics.peer_probed(true);
+        metrics.replication_pulled(true);
+        metrics.set_replication_images(&[("held", 1)]);
+        metrics.observe_advertise_batch(Duration::from_millis(5), 3);
+        metrics.withdrew();
+        metrics.set_advertise_pending(1);
+        metrics.set_advertise_failed_keys(1);
+        metrics.observe_state_write(Duration::from_millis(1));
+        metrics.state_write_failed();
+        metrics.set_state_start("recovered");
+        metrics.set_saved_peers(2);
+        let text = metrics.encode().unwrap();
+        let mut exported: Vec<String> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .flat_map(|line| match line.split_once(' ') {
+                Some((name, "histogram")) => ["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")).to_vec(),
+                Some((name, _)) => vec![name.to_owned()],
+                None => Vec::new(),
+            })
+            .collect();
+        exported.sort();
+        assert_eq!(exported, before);
+        assert_eq!(metrics.metric_names(), before);
     }
 
     #[test]

@@ -214,7 +214,11 @@ async fn when_every_peer_fails_the_answer_is_404() {
     advertise(&network, "hung", hung_endpoint().await, &keys).await;
     advertise(&network, "corrupt", misbehaving_endpoint(Behaviour::Corrupt(Bytes::from_static(b"x"))).await, &keys)
         .await;
-    let puller = TestNode::start(&network, "puller").await;
+    // Without hedging, so the hung peer runs into its header timeout instead
+    // of being outrun (tests/hedge.rs covers that).
+    let no_hedging = shoal::mirror::HedgePolicy { enabled: false, ..Default::default() };
+    let puller =
+        TestNode::start_with(&network, "puller", NodeOptions { hedge: no_hedging, ..NodeOptions::default() }).await;
     let reply = get(&puller.url(&blob_path(&digest))).await;
     assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"));
     assert_eq!(puller.metric(r#"shoal_peer_fetch_failures_total{reason="connect"}"#), 1);

@@ -23,7 +23,7 @@ use shoal::health::Health;
 use shoal::metrics::Metrics;
 use shoal::oci::Key;
 use shoal::routing::memory::{MemoryNetwork, MemoryRouter};
-use shoal::routing::{Error, Peer, PeerName, Router};
+use shoal::routing::{Error, Links, Peer, PeerName, Router};
 use shoal::state::{StartMode, State};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -86,6 +86,10 @@ impl Router for CountingRouter {
 
     fn connected_peers(&self) -> usize {
         self.inner.connected_peers()
+    }
+
+    fn links(&self) -> Links {
+        self.inner.links()
     }
 }
 

@@ -1,8 +1,10 @@
 //! The providers of one key, as the router streams them in, and which of
-//! them this request has already tried.
+//! them this request has already tried. Excluded peers are never handed
+//! out: when every provider found is excluded or tried, the request waits
+//! for the router only while it may still find more.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
@@ -72,6 +74,7 @@ impl<'a> Candidates<'a> {
             self.first_found = Some(self.started.elapsed());
         }
         if !self.found.iter().any(|p| p.name == peer.name) {
+            self.scores.observe(&peer);
             self.found.push(peer);
         }
     }
@@ -108,6 +111,16 @@ mod tests {
         assert_eq!(candidates.next().await.map(|p| p.name), Some(peer(1).name));
         tx.unbounded_send(peer(2)).ok();
         drop(tx);
+        assert_eq!(candidates.next().await.map(|p| p.name), Some(peer(2).name));
+        assert_eq!(candidates.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn excluded_providers_are_skipped() {
+        let scores = PeerScores::new();
+        scores.record(&peer(1), crate::mirror::health::Outcome::Unreachable);
+        let stream = futures::stream::iter(vec![peer(1), peer(2)]).boxed();
+        let mut candidates = Candidates::new(stream, &scores);
         assert_eq!(candidates.next().await.map(|p| p.name), Some(peer(2).name));
         assert_eq!(candidates.next().await, None);
     }

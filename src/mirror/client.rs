@@ -3,13 +3,15 @@
 //! each gap between body chunks (a stalled peer is abandoned, not waited on).
 //!
 //! Owns: building forwarded requests (marker header, `ns`, `Accept`,
-//! `Range`) and turning transport outcomes into `FetchError`s. Never talks
-//! to anything but a peer endpoint the router returned.
+//! `Range`), the health probe (`GET /v2/`), and turning transport outcomes
+//! into `FetchError`s. Never talks to anything but a peer endpoint the
+//! router returned.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_LENGTH, RANGE};
+use http::header::{ACCEPT, CONTENT_LENGTH, RANGE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -17,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::health::Outcome;
 use crate::metrics::FetchFailure;
 use crate::oci::{ByteRange, DistributionPath, Registry};
 use crate::routing::Peer;
@@ -44,12 +47,16 @@ impl Default for PeerTimeouts {
 pub enum FetchError {
     #[error("could not reach the peer: {0}")]
     Connect(String),
+    #[error("the request failed before a response: {0}")]
+    Transport(String),
     #[error("no response headers within {0:?}")]
     HeaderTimeout(Duration),
     #[error("the peer does not have it")]
     NotFound,
     #[error("the peer answered {0}")]
     Status(StatusCode),
+    #[error("the peer is at its upload limit")]
+    Busy { retry_after: Option<Duration> },
     #[error("no body data for {0:?}")]
     Stall(Duration),
     #[error("the body broke off: {0}")]
@@ -64,9 +71,11 @@ impl FetchError {
     pub fn reason(&self) -> FetchFailure {
         match self {
             Self::Connect(_) => FetchFailure::Connect,
+            Self::Transport(_) => FetchFailure::Transport,
             Self::HeaderTimeout(_) => FetchFailure::HeaderTimeout,
             Self::NotFound => FetchFailure::NotFound,
             Self::Status(_) => FetchFailure::Status,
+            Self::Busy { .. } => FetchFailure::Busy,
             Self::Stall(_) => FetchFailure::Stall,
             Self::Body(_) => FetchFailure::Body,
             Self::DigestMismatch => FetchFailure::DigestMismatch,
@@ -74,10 +83,21 @@ impl FetchError {
         }
     }
 
-    /// Whether the failure says something about the peer's health (a spool
-    /// error is this node's own problem).
-    pub fn blames_peer(&self) -> bool {
-        !matches!(self, Self::Spool(_))
+    /// What the failure says about the peer's health, if anything: a peer
+    /// that lacks the content (a stale record) or is at its upload limit is
+    /// healthy, and a spool error is this node's own problem.
+    pub fn health_outcome(&self) -> Option<Outcome> {
+        match self {
+            Self::Connect(_) => Some(Outcome::Unreachable),
+            Self::Busy { retry_after } => Some(Outcome::Busy { retry_after: *retry_after }),
+            Self::NotFound | Self::Spool(_) => None,
+            Self::Transport(_)
+            | Self::HeaderTimeout(_)
+            | Self::Status(_)
+            | Self::Stall(_)
+            | Self::Body(_)
+            | Self::DigestMismatch => Some(Outcome::Failed),
+        }
     }
 }
 
@@ -156,10 +176,18 @@ impl PeerClient {
         let response = tokio::time::timeout(self.timeouts.headers, self.client.request(request))
             .await
             .map_err(|_| FetchError::HeaderTimeout(self.timeouts.headers))?
-            .map_err(|e| FetchError::Connect(error_chain(&e)))?;
+            .map_err(|e| transport_error(&e))?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             return Err(FetchError::NotFound);
+        }
+        // At its upload limit: 429, or 503 with Retry-After. A 503 without
+        // it is a peer in trouble, not a busy one.
+        let retry_after = retry_after(response.headers());
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some())
+        {
+            return Err(FetchError::Busy { retry_after });
         }
         if !status.is_success() {
             return Err(FetchError::Status(status));
@@ -167,6 +195,37 @@ impl PeerClient {
         let (parts, body) = response.into_parts();
         Ok(PeerResponse { status, headers: parts.headers, body, stall: self.timeouts.stall })
     }
+}
+
+impl PeerClient {
+    /// Whether the registry at `endpoint` answers `GET /v2/` with 200 within
+    /// the connect and header timeouts: the probe that brings an excluded
+    /// peer back. Upload limits do not apply to it.
+    pub async fn probe(&self, endpoint: SocketAddr) -> bool {
+        let request = Request::get(format!("http://{endpoint}/v2/")).header(MIRRORED_HEADER, "true").body(Empty::new());
+        let Ok(request) = request else { return false };
+        let limit = self.timeouts.connect + self.timeouts.headers;
+        match tokio::time::timeout(limit, self.client.request(request)).await {
+            Ok(Ok(response)) => response.status() == StatusCode::OK,
+            Ok(Err(error)) => {
+                tracing::debug!(%endpoint, error = %error_chain(&error), "probe failed");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// A client error before any response: a failed connect is the peer being
+/// unreachable; anything else (reset, closed) a failed request.
+fn transport_error(error: &hyper_util::client::legacy::Error) -> FetchError {
+    if error.is_connect() { FetchError::Connect(error_chain(error)) } else { FetchError::Transport(error_chain(error)) }
+}
+
+/// `Retry-After` in seconds, if the peer sent one.
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds))
 }
 
 fn build_request(req: &PeerRequest<'_>) -> Result<Request<Empty<Bytes>>, FetchError> {

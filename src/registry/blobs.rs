@@ -63,13 +63,30 @@ impl RegistryHandler {
         if request.head {
             return self.send_blob_head(request, Source::Local, digest, size, range);
         }
+        let permit = if request.forwarded {
+            match self.inner.uploads.try_start() {
+                Some(permit) => Some(permit),
+                None => {
+                    self.inner.metrics.upload_busy(PathKind::Blob);
+                    return busy();
+                }
+            }
+        } else {
+            None
+        };
         let Ok(resolved) = resolve(range, size) else { return range_error(Some(size), false) };
         let stream = match resolved {
             Some(resolved) => self.inner.index.store().read(digest, resolved).await,
             None => Ok(empty_stream()),
         };
         match stream {
-            Ok(stream) => self.send_blob(request, Source::Local, digest, size, resolved, stream),
+            Ok(stream) => {
+                let stream = match permit {
+                    Some(permit) => self.inner.uploads.body(stream, permit, self.inner.metrics.uploading()),
+                    None => stream,
+                };
+                self.send_blob(request, Source::Local, digest, size, resolved, stream)
+            }
             Err(error) => {
                 tracing::warn!(%digest, %error, "cannot read a local blob");
                 unavailable(&error.to_string())
@@ -169,6 +186,18 @@ fn range_error(size: Option<u64>, head: bool) -> Response<Body> {
     let mut response = oci_error(StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid, &message, head);
     if let Some(value) = size.and_then(|size| http::HeaderValue::from_str(&format!("bytes */{size}")).ok()) {
         response.headers_mut().insert(CONTENT_RANGE, value);
+    }
+    response
+}
+
+/// 429 with `Retry-After`: this node is at its upload limit. The asking
+/// node takes another peer at once and does not count this as a failure.
+fn busy() -> Response<Body> {
+    let mut response =
+        oci_error(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests, "at the upload limit", false);
+    let seconds = super::uploads::RETRY_AFTER.as_secs().to_string();
+    if let Ok(value) = http::HeaderValue::from_str(&seconds) {
+        response.headers_mut().insert(http::header::RETRY_AFTER, value);
     }
     response
 }

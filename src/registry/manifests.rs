@@ -33,6 +33,12 @@ impl RegistryHandler {
             },
         };
         if let Some(manifest) = self.local_manifest(&key).await {
+            if request.forwarded
+                && let Key::Tag(tag) = &key
+            {
+                // A peer resolving a tag here is a peer pulling the image.
+                self.inner.popularity.record(tag);
+            }
             return self.send_manifest(request, Source::Local, manifest);
         }
         if request.forwarded {

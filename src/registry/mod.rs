@@ -11,6 +11,7 @@ mod blobs;
 mod manifests;
 pub mod response;
 pub mod server;
+pub mod uploads;
 
 use std::sync::Arc;
 
@@ -22,13 +23,20 @@ use crate::health::{self, Health};
 use crate::metrics::{Metrics, Source};
 use crate::mirror::{MIRRORED_HEADER, Mirror};
 use crate::oci::{ByteRange, DistributionPath, PathError, PathKind, Registry};
+use crate::replication::gossip::HOT_LIST_PATH;
+use crate::replication::{HotImage, HotList, Popularity, PopularityConfig};
 use response::{Body, ErrorCode, oci_error};
+pub use uploads::UploadLimits;
+use uploads::Uploads;
 
-/// Which upstream registries this node serves.
+/// Which upstream registries this node serves, and what it uploads to peers.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryConfig {
     /// Registries (as containerd names them in `ns`) to serve; empty means all.
     pub mirrored: Vec<Registry>,
+    pub uploads: UploadLimits,
+    /// When peer requests make an image popular.
+    pub popularity: PopularityConfig,
 }
 
 /// The registry request handler. Cheap to clone.
@@ -42,8 +50,13 @@ struct Inner {
     mirror: Mirror,
     metrics: Metrics,
     health: Health,
+    uploads: Uploads,
+    popularity: Popularity,
     config: RegistryConfig,
 }
+
+/// Entries in the hot list at most.
+const MAX_HOT_LIST: usize = 64;
 
 /// A parsed request for a manifest or blob.
 struct PullRequest<'a> {
@@ -64,7 +77,14 @@ impl PullRequest<'_> {
 
 impl RegistryHandler {
     pub fn new(index: ContentIndex, mirror: Mirror, metrics: Metrics, health: Health, config: RegistryConfig) -> Self {
-        Self { inner: Arc::new(Inner { index, mirror, metrics, health, config }) }
+        let uploads = Uploads::new(config.uploads);
+        let popularity = Popularity::new(config.popularity);
+        Self { inner: Arc::new(Inner { index, mirror, metrics, health, uploads, popularity, config }) }
+    }
+
+    /// The peer request counts this handler records (replication reads them).
+    pub fn popularity(&self) -> &Popularity {
+        &self.inner.popularity
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
@@ -75,6 +95,7 @@ impl RegistryHandler {
         match req.uri().path() {
             "/healthz" => return health::healthz(),
             "/readyz" => return self.inner.health.readyz(),
+            HOT_LIST_PATH => return self.hot_list(head).await,
             _ => {}
         }
         let path = match DistributionPath::parse(req.uri().path()) {
@@ -103,6 +124,21 @@ impl RegistryHandler {
             PathKind::Manifest => self.manifest(&request).await,
             PathKind::Blob => self.blob(&request).await,
         }
+    }
+
+    /// The images peers pulled from this node often lately, with sizes.
+    async fn hot_list(&self, head: bool) -> Response<Body> {
+        let mut list = HotList::default();
+        for (tag, requests) in self.inner.popularity.hot().into_iter().take(MAX_HOT_LIST) {
+            let bytes = crate::replication::size::image_size(&self.inner.index, &tag).await;
+            list.images.push(HotImage { image: tag.to_string(), requests, bytes });
+        }
+        let body = serde_json::to_string(&list).unwrap_or_else(|_| "{\"images\":[]}".to_owned());
+        let mut response = response::text(StatusCode::OK, "application/json", body);
+        if head {
+            *response.body_mut() = response::empty();
+        }
+        response
     }
 
     fn serves(&self, registry: Option<&Registry>) -> bool {

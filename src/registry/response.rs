@@ -37,6 +37,7 @@ pub enum ErrorCode {
     RangeInvalid,
     Unsupported,
     Unavailable,
+    TooManyRequests,
 }
 
 impl ErrorCode {
@@ -49,6 +50,7 @@ impl ErrorCode {
             Self::RangeInvalid => "RANGE_INVALID",
             Self::Unsupported => "UNSUPPORTED",
             Self::Unavailable => "UNAVAILABLE",
+            Self::TooManyRequests => "TOOMANYREQUESTS",
         }
     }
 }

@@ -7,7 +7,9 @@
 //! takes effect at once (there are no remote records to expire).
 //!
 //! Also offers knobs the DHT cannot turn on demand: a router can be made not
-//! ready, or made to refuse provides.
+//! ready, or made to refuse provides, and a peer's connections can be cut
+//! and restored (every other member's [`Links`] sees it at once). Members
+//! start connected to each other.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -15,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
 
-use super::{Error, Peer, PeerName, Router};
+use super::{Error, LinkEvent, Links, Peer, PeerName, Router};
 use crate::oci::Key;
 
 /// The shared network: who provides what, and each member's test switches.
@@ -33,8 +35,11 @@ struct NetworkState {
 }
 
 struct Member {
+    endpoint: std::net::SocketAddr,
     ready: bool,
     refuse_provides: bool,
+    connected: bool,
+    links: Links,
 }
 
 impl MemoryNetwork {
@@ -42,10 +47,92 @@ impl MemoryNetwork {
         Self::default()
     }
 
-    /// Joins `peer` to the network (ready, accepting provides) and returns its router.
+    /// Joins `peer` to the network (ready, accepting provides, connected to
+    /// every connected member) and returns its router.
     pub fn router(&self, peer: Peer) -> MemoryRouter {
-        self.lock().members.insert(peer.name.clone(), Member { ready: true, refuse_provides: false });
+        let links = Links::new();
+        let member = Member {
+            endpoint: peer.endpoint,
+            ready: true,
+            refuse_provides: false,
+            connected: true,
+            links: links.clone(),
+        };
+        let others: Vec<(PeerName, std::net::SocketAddr, Links)> = {
+            let mut state = self.lock();
+            state.members.insert(peer.name.clone(), member);
+            state
+                .members
+                .iter()
+                .filter(|(name, m)| **name != peer.name && m.connected)
+                .map(|(name, m)| (name.clone(), m.endpoint, m.links.clone()))
+                .collect()
+        };
+        for (name, endpoint, their_links) in others {
+            links.record(LinkEvent::Up { peer: name, endpoint: Some(endpoint) });
+            their_links.record(LinkEvent::Up { peer: peer.name.clone(), endpoint: Some(peer.endpoint) });
+        }
         MemoryRouter { network: self.clone(), peer }
+    }
+
+    /// Cuts every connection to `peer`, as when its process dies: every other
+    /// member's links report it down at once. Its provider records stay, as
+    /// a dead node's records stay in the DHT until they expire.
+    pub fn disconnect(&self, peer: &PeerName) {
+        self.set_connected(peer, false);
+    }
+
+    /// Restores `peer`'s connections to every other connected member.
+    pub fn reconnect(&self, peer: &PeerName) {
+        self.set_connected(peer, true);
+    }
+
+    /// Reports a ping result from every other member to `peer`: `Some(rtt)`
+    /// for an answer, `None` for a timeout.
+    pub fn ping(&self, peer: &PeerName, rtt: Option<std::time::Duration>) {
+        let event = match rtt {
+            Some(rtt) => LinkEvent::Rtt { peer: peer.clone(), rtt },
+            None => LinkEvent::PingFailed { peer: peer.clone() },
+        };
+        for links in self.others(peer) {
+            links.record(event.clone());
+        }
+    }
+
+    fn set_connected(&self, peer: &PeerName, connected: bool) {
+        let (own_links, others) = {
+            let mut state = self.lock();
+            let Some(member) = state.members.get_mut(peer) else { return };
+            if member.connected == connected {
+                return;
+            }
+            member.connected = connected;
+            let own = member.links.clone();
+            let others: Vec<(PeerName, std::net::SocketAddr, Links)> = state
+                .members
+                .iter()
+                .filter(|(name, m)| *name != peer && m.connected)
+                .map(|(name, m)| (name.clone(), m.endpoint, m.links.clone()))
+                .collect();
+            (own, others)
+        };
+        let endpoint = self.lock().members.get(peer).map(|m| m.endpoint);
+        // Observers run outside the network lock.
+        for (name, their_endpoint, their_links) in others {
+            if connected {
+                their_links.record(LinkEvent::Up { peer: peer.clone(), endpoint });
+                own_links.record(LinkEvent::Up { peer: name, endpoint: Some(their_endpoint) });
+            } else {
+                their_links.record(LinkEvent::Down { peer: peer.clone() });
+                own_links.record(LinkEvent::Down { peer: name });
+            }
+        }
+    }
+
+    /// The links of every connected member but `peer`.
+    fn others(&self, peer: &PeerName) -> Vec<Links> {
+        let state = self.lock();
+        state.members.iter().filter(|(name, m)| *name != peer && m.connected).map(|(_, m)| m.links.clone()).collect()
     }
 
     /// Every peer currently providing `key`, in advertising order.
@@ -147,7 +234,11 @@ impl Router for MemoryRouter {
     }
 
     fn connected_peers(&self) -> usize {
-        self.network.lock().members.len().saturating_sub(1)
+        self.links().connected().len()
+    }
+
+    fn links(&self) -> Links {
+        self.network.lock().members.get(&self.peer.name).map(|m| m.links.clone()).unwrap_or_default()
     }
 }
 
@@ -192,6 +283,22 @@ mod tests {
         a.provide(&key).await.unwrap();
         assert_eq!(a.provided_keys(), vec![key]);
         assert_eq!(a.connected_peers(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_disconnected_peer_is_down_in_every_other_members_links() {
+        let (network, nodes) = nodes(3);
+        let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+        assert_eq!(a.router.links().connected(), vec![b.peer.name.clone(), c.peer.name.clone()]);
+        assert_eq!(a.router.links().get(&c.peer.name).unwrap().endpoint, Some(c.peer.endpoint));
+        network.disconnect(&c.peer.name);
+        assert!(!a.router.links().get(&c.peer.name).unwrap().connected);
+        assert!(!b.router.links().get(&c.peer.name).unwrap().connected);
+        assert_eq!(a.router.connected_peers(), 1);
+        network.reconnect(&c.peer.name);
+        assert!(b.router.links().get(&c.peer.name).unwrap().connected);
+        network.ping(&c.peer.name, None);
+        assert_eq!(a.router.links().get(&c.peer.name).unwrap().ping_failures, 1);
     }
 
     #[tokio::test]

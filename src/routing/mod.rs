@@ -5,6 +5,7 @@
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod contract;
+pub mod links;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 pub mod p2p;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 use crate::oci::Key;
+pub use links::{Link, LinkEvent, Links};
 
 /// A peer's stable identity (the text of its libp2p PeerId).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,4 +95,8 @@ pub trait Router: Send + Sync + 'static {
 
     /// Number of peers currently connected.
     fn connected_peers(&self) -> usize;
+
+    /// The state of this node's connections to its peers; observers learn
+    /// of a closed connection as it happens.
+    fn links(&self) -> Links;
 }

@@ -16,9 +16,9 @@ use shoal::content::ContentIndex;
 use shoal::content::memory::MemoryStore;
 use shoal::health::Health;
 use shoal::metrics::Metrics;
-use shoal::mirror::{Mirror, MirrorConfig, PeerScores, PeerTimeouts};
+use shoal::mirror::{HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
 use shoal::oci::Registry;
-use shoal::registry::{RegistryConfig, RegistryHandler, server};
+use shoal::registry::{RegistryConfig, RegistryHandler, UploadLimits, server};
 use shoal::routing::memory::{MemoryNetwork, MemoryRouter};
 use shoal::routing::{Peer, PeerName, Router};
 use tokio::net::TcpListener;
@@ -37,20 +37,30 @@ pub fn test_timeouts() -> PeerTimeouts {
 pub struct NodeOptions {
     pub mirrored: Vec<Registry>,
     pub max_attempts: usize,
+    pub hedge: HedgePolicy,
+    pub timeouts: PeerTimeouts,
+    pub uploads: UploadLimits,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        Self { mirrored: Vec::new(), max_attempts: 4 }
+        Self {
+            mirrored: Vec::new(),
+            max_attempts: 4,
+            hedge: HedgePolicy::default(),
+            timeouts: test_timeouts(),
+            uploads: UploadLimits::default(),
+        }
     }
 }
 
 pub struct TestNode {
     pub addr: SocketAddr,
     pub store: MemoryStore,
-    pub router: MemoryRouter,
+    pub router: Arc<dyn Router>,
     pub index: ContentIndex,
     pub metrics: Metrics,
+    pub mirror: Mirror,
     token: CancellationToken,
     _spool: tempfile::TempDir,
 }
@@ -63,35 +73,43 @@ impl TestNode {
     pub async fn start_with(network: &MemoryNetwork, name: &str, options: NodeOptions) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = network.router(Peer { name: PeerName::new(name), endpoint: addr });
+        let router: MemoryRouter = network.router(Peer { name: PeerName::new(name), endpoint: addr });
+        Self::serve(listener, Arc::new(router), options)
+    }
+
+    /// Serves a registry on `listener`, finding peers through `router`.
+    pub fn serve(listener: TcpListener, router: Arc<dyn Router>, options: NodeOptions) -> Self {
+        let addr = listener.local_addr().unwrap();
         let store = MemoryStore::new();
         let index = ContentIndex::new(Arc::new(store.clone()));
         let metrics = Metrics::new().unwrap();
         let spool = tempfile::tempdir().unwrap();
-        let shared_router: Arc<dyn Router> = Arc::new(router.clone());
+        let shared_router = router.clone();
         let config = MirrorConfig {
-            timeouts: test_timeouts(),
+            timeouts: options.timeouts,
             max_attempts: options.max_attempts,
             lookup_limit: 20,
             spool_dir: spool.path().to_path_buf(),
+            hedge: options.hedge,
         };
         let mirror = Mirror::new(shared_router.clone(), Arc::new(PeerScores::new()), metrics.clone(), config);
+        let token = CancellationToken::new();
+        tokio::spawn(mirror.probe_excluded(token.clone()));
         let health = Health::new(shared_router);
         health.set_content_indexed();
         let handler = RegistryHandler::new(
             index.clone(),
-            mirror,
+            mirror.clone(),
             metrics.clone(),
             health,
-            RegistryConfig { mirrored: options.mirrored },
+            RegistryConfig { mirrored: options.mirrored, uploads: options.uploads, ..RegistryConfig::default() },
         );
-        let token = CancellationToken::new();
         let serve = move |req| {
             let handler = handler.clone();
             async move { handler.handle(req).await }
         };
         tokio::spawn(server::serve(listener, serve, token.clone(), TaskTracker::new()));
-        Self { addr, store, router, index, metrics, token, _spool: spool }
+        Self { addr, store, router, index, metrics, mirror, token, _spool: spool }
     }
 
     /// Indexes the store and advertises every key, as the advertiser would.

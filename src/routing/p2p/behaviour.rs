@@ -32,6 +32,11 @@ pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const KBUCKET_SIZE: usize = 64;
 /// How long an announcement may wait for its answer.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ping every connected peer this often; its round trip and failures feed
+/// peer health (a blackholed or frozen peer keeps its TCP connection open).
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// A ping unanswered for this long counts as failed.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
@@ -60,7 +65,8 @@ impl Behaviour {
             [(ANNOUNCE_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(ANNOUNCE_TIMEOUT),
         );
-        Self { kad, announce, identify, ping: ping::Behaviour::default() }
+        let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT));
+        Self { kad, announce, identify, ping }
     }
 }
 

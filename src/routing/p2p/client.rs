@@ -21,7 +21,7 @@ use super::bootstrap::Target;
 use super::bulk::BulkOutcome;
 use super::known::KnownPeer;
 use crate::oci::Key;
-use crate::routing::{Error, Peer, PeerName, Router};
+use crate::routing::{Error, Links, Peer, PeerName, Router};
 
 /// Commands queued for the swarm task before senders wait.
 pub(super) const COMMAND_CAPACITY: usize = 1024;
@@ -80,6 +80,8 @@ pub(super) struct Shared {
     closed: AtomicBool,
     /// The addresses this node listens on (a std mutex: never held across an await).
     listen_addrs: Mutex<Vec<SocketAddr>>,
+    /// Connection state per peer, fed by the swarm task.
+    pub(super) links: Links,
 }
 
 impl Shared {
@@ -233,5 +235,9 @@ impl Router for P2pRouter {
 
     fn connected_peers(&self) -> usize {
         self.shared.connected()
+    }
+
+    fn links(&self) -> Links {
+        self.shared.links.clone()
     }
 }

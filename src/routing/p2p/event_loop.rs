@@ -15,7 +15,7 @@ use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, QueryId, RecordKey};
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{PeerId, Swarm, identify};
+use libp2p::{PeerId, Swarm, identify, ping};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,7 @@ use super::client::{Command, Shared};
 use super::known;
 use super::lookups::Lookups;
 use crate::oci::Key;
-use crate::routing::{Error, Peer};
+use crate::routing::{Error, LinkEvent, Peer, PeerName};
 
 /// How often lookups are checked against their deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(200);
@@ -187,8 +187,23 @@ impl EventLoop {
                     self.swarm.add_external_address(address);
                 }
             }
-            SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. } => {
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.on_ping(event),
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
                 self.shared.set_connected(self.swarm.connected_peers().count());
+                if num_established.get() == 1 {
+                    let endpoint = self.book.endpoint(&peer_id);
+                    self.shared.links.record(LinkEvent::Up { peer: peer_name(&peer_id), endpoint });
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+                self.shared.set_connected(self.swarm.connected_peers().count());
+                if num_established == 0 {
+                    tracing::debug!(peer = %peer_id, ?cause, "last connection to peer closed");
+                    let peer = peer_name(&peer_id);
+                    // Closed here for being idle (or on purpose): not a health signal.
+                    let idle = matches!(cause, None | Some(libp2p::swarm::ConnectionError::KeepAliveTimeout));
+                    self.shared.links.record(if idle { LinkEvent::Idle { peer } } else { LinkEvent::Down { peer } });
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 tracing::debug!(%peer, %error, "dial failed");
@@ -209,6 +224,11 @@ impl EventLoop {
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
         self.book.learn_from_identify(peer, &info.listen_addrs);
         self.lookups.resolved(peer, &self.book);
+        if let Some(endpoint) = self.book.endpoint(&peer)
+            && self.swarm.is_connected(&peer)
+        {
+            self.shared.links.record(LinkEvent::Up { peer: peer_name(&peer), endpoint: Some(endpoint) });
+        }
         if !info.protocols.contains(&KAD_PROTOCOL) {
             return;
         }
@@ -218,6 +238,20 @@ impl EventLoop {
         }
         if !self.bootstrapped {
             self.bootstrapped = self.kad().bootstrap().is_ok();
+        }
+    }
+
+    /// Ping results feed peer health; a peer that does not speak ping says
+    /// nothing about its health.
+    fn on_ping(&mut self, event: ping::Event) {
+        let peer = peer_name(&event.peer);
+        match event.result {
+            Ok(rtt) => self.shared.links.record(LinkEvent::Rtt { peer, rtt }),
+            Err(ping::Failure::Unsupported) => {}
+            Err(error) => {
+                tracing::debug!(%peer, %error, "ping failed");
+                self.shared.links.record(LinkEvent::PingFailed { peer });
+            }
         }
     }
 
@@ -252,4 +286,8 @@ impl EventLoop {
             other => tracing::debug!(result = ?other, "kademlia query progressed"),
         }
     }
+}
+
+fn peer_name(peer: &PeerId) -> PeerName {
+    PeerName::new(peer.to_string())
 }

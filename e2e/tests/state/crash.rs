@@ -5,29 +5,20 @@
 //! with an index and an advertised set that match containerd exactly.
 //!
 //! A real containerd and `shoal` on 127.0.4.41; nothing leaves loopback.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[allow(dead_code)]
-#[path = "support/containerd.rs"]
-mod containerd;
-#[path = "support/seed.rs"]
-mod seed;
-#[path = "support/shoal_binary.rs"]
-mod shoal_binary;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::binary::{ShoalNode, eventually, free_port_on, ip, peer_request};
+use crate::seed::{SeededImage, layers, seed_image};
+use crate::seeder::seeder;
 use anyhow::{Result, ensure};
 use http::StatusCode;
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
-use seed::{SeededImage, layers, seed_image};
 use shoal::content::contract::Seeder;
 use shoal::metrics::Metrics;
 use shoal::oci::Key;
 use shoal::state::State;
-use shoal_binary::{ShoalNode, eventually, free_port_on, ip, peer_request};
+use shoal_e2e::containerd::Containerd;
 use tokio_util::task::TaskTracker;
 
 /// Kills in the loop (each run lives at most `MAX_LIFETIME`).
@@ -37,8 +28,8 @@ const MAX_LIFETIME: Duration = Duration::from_millis(1500);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_points_never_corrupts_the_state() -> Result<()> {
     let dir = tempfile::Builder::new().prefix("shoal-crash-").tempdir()?;
-    let containerd = containerd::Containerd::start().await?;
-    let seeder = containerd.seeder("k8s.io").await?;
+    let containerd = Containerd::start_temporary().await?;
+    let seeder = seeder(&containerd, "k8s.io").await?;
     let mut images: Vec<SeededImage> = Vec::new();
     for i in 0..6 {
         images
@@ -47,17 +38,17 @@ async fn kill_9_at_random_points_never_corrupts_the_state() -> Result<()> {
     let data_dir = dir.path().join("data");
     let mut node = ShoalNode::new(41, free_port_on(&[ip(41)])?, dir.path())?;
     node.data_dir = Some(data_dir.clone());
-    node.containerd = Some((containerd.socket(), containerd.content_path()));
+    node.containerd = Some((containerd.socket(), containerd.content_dir()));
 
     // A fixed seed repeats a failure; SHOAL_CRASH_SEED tries other kill points.
     let seed = std::env::var("SHOAL_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(41);
     println!("kill points from seed {seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = SplitMix(seed);
     let mut identity: Option<String> = None;
     let mut next_image = images.len();
     for kill in 0..KILLS {
         node.start(&[])?;
-        tokio::time::sleep(MAX_LIFETIME.mul_f64(rng.random_range(0.0..1.0))).await;
+        tokio::time::sleep(MAX_LIFETIME.mul_f64(rng.fraction())).await;
         node.kill9()?;
         if let (Some(name), Some(mode)) =
             (node.log_field("state loaded", "name"), node.log_field("state loaded", "mode"))
@@ -69,8 +60,8 @@ async fn kill_9_at_random_points_never_corrupts_the_state() -> Result<()> {
             }
         }
         // containerd changes while the node is down: an image goes, or one comes.
-        if rng.random_bool(0.5) && images.len() > 2 {
-            let gone = images.remove(rng.random_range(0..images.len()));
+        if rng.fraction() < 0.5 && images.len() > 2 {
+            let gone = images.remove(rng.below(images.len()));
             seeder.delete_image(&gone.name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             for digest in gone.digests() {
                 seeder.delete_blob(&digest).await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -109,4 +100,26 @@ async fn kill_9_at_random_points_never_corrupts_the_state() -> Result<()> {
     }
     assert_eq!(persisted, keys, "the persisted index matches containerd");
     Ok(())
+}
+
+/// A small seeded generator (splitmix64): the kill points repeat for a seed.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn fraction(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.fraction() * n as f64) as usize % n.max(1)
+    }
 }

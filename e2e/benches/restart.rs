@@ -2,24 +2,26 @@
 //! the real `shoal` binary (release) beside a real containerd holding many
 //! images, restarted several times each way; prints the median and worst.
 //!
-//! A plain `harness = false` binary: `cargo bench --bench restart`.
+//! A plain `harness = false` binary: `cargo bench -p shoal-e2e --bench restart`.
 //! Loopback only (127.0.4.61). Environment: `SHOAL_BENCH_IMAGES`,
 //! `SHOAL_BENCH_LAYERS` (per image), `SHOAL_BENCH_ROUNDS`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)]
-#[path = "../tests/support/containerd.rs"]
-mod containerd;
-#[path = "../tests/support/seed.rs"]
+#[path = "../tests/state/binary.rs"]
+mod binary;
+#[path = "../tests/state/seed.rs"]
 mod seed;
-#[path = "../tests/support/shoal_binary.rs"]
-mod shoal_binary;
+#[allow(dead_code)] // `store` is for the contract tests
+#[path = "../tests/content_contract/seeder.rs"]
+mod seeder;
 
 use std::time::Duration;
 
 use anyhow::Result;
+use binary::{ShoalNode, eventually, free_port_on, ip, until_served};
 use seed::{SeededImage, layers, seed_image};
-use shoal_binary::{ShoalNode, eventually, free_port_on, ip, until_served};
+use seeder::seeder;
+use shoal_e2e::containerd::Containerd;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -49,8 +51,8 @@ async fn run() -> Result<()> {
     let (images, per_image, rounds) =
         (env_or("SHOAL_BENCH_IMAGES", 100), env_or("SHOAL_BENCH_LAYERS", 20), env_or("SHOAL_BENCH_ROUNDS", 5));
     let dir = tempfile::Builder::new().prefix("shoal-bench-restart-").tempdir()?;
-    let containerd = containerd::Containerd::start().await?;
-    let seeder = containerd.seeder("k8s.io").await?;
+    let containerd = Containerd::start_temporary().await?;
+    let seeder = seeder(&containerd, "k8s.io").await?;
     let mut seeded = Vec::new();
     for i in 0..images {
         seeded.push(
@@ -64,7 +66,7 @@ async fn run() -> Result<()> {
     println!("restart to first served peer request; containerd holds {images} images, {blobs} blobs (release build):");
 
     let mut node = ShoalNode::new(61, free_port_on(&[ip(61)])?, dir.path())?;
-    node.containerd = Some((containerd.socket(), containerd.content_path()));
+    node.containerd = Some((containerd.socket(), containerd.content_dir()));
     let mut cold = Vec::new();
     for _ in 0..rounds {
         cold.push(restart(&mut node, probe).await?);

@@ -1,6 +1,6 @@
-//! The real `shoal run` binary as a child process on 127.0.4.N, with the
-//! helpers restart tests need: SIGTERM and `kill -9` by PID, JSON logs read
-//! back (identity, start mode), metrics, and plain HTTP requests.
+//! The real `shoal run` binary as a child process on 127.0.4.N with ports
+//! of its own, and the helpers restart tests need: SIGTERM and `kill -9` by
+//! PID, JSON logs read back (identity, start mode), metrics, plain HTTP.
 //!
 //! Every process is killed when its guard drops, also when a test fails.
 #![allow(dead_code)]
@@ -101,7 +101,7 @@ impl ShoalNode {
         ensure!(self.child.is_none(), "node {} is already running", self.ip);
         self.runs += 1;
         let log = std::fs::File::create(self.log_path())?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        let mut command = Command::new(shoal_e2e::shoal::shoal_binary()?);
         command
             .args(["--log-format", "json", "--log-level", "info", "run"])
             .arg(format!("--registry-addr={}:{}", self.ip, self.registry_port))

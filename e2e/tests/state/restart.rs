@@ -6,27 +6,20 @@
 //!
 //! Each test runs a real containerd daemon (started and killed by the test)
 //! and `shoal` processes on 127.0.4.N; nothing leaves loopback.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[allow(dead_code)]
-#[path = "support/containerd.rs"]
-mod containerd;
-#[path = "support/seed.rs"]
-mod seed;
-#[path = "support/shoal_binary.rs"]
-mod shoal_binary;
 
 use std::path::Path;
 
+use crate::binary::{ShoalNode, eventually, free_port_on, get, ip, until_served};
+use crate::seed::{SeededImage, layers, seed_image};
+use crate::seeder::seeder;
 use anyhow::{Result, ensure};
 use http::StatusCode;
-use seed::{SeededImage, layers, seed_image};
-use shoal_binary::{ShoalNode, eventually, free_port_on, get, ip, until_served};
+use shoal_e2e::containerd::Containerd;
 
 /// A node with a containerd holding one image, and a peer without content
 /// that bootstraps from it.
 struct Pair {
-    _containerd: containerd::Containerd,
+    _containerd: Containerd,
     image: SeededImage,
     holder: ShoalNode,
     peer: ShoalNode,
@@ -36,13 +29,13 @@ struct Pair {
 impl Pair {
     async fn start(holder_n: u8, peer_n: u8) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("shoal-restart-").tempdir()?;
-        let containerd = containerd::Containerd::start().await?;
-        let seeder = containerd.seeder("k8s.io").await?;
+        let containerd = Containerd::start_temporary().await?;
+        let seeder = seeder(&containerd, "k8s.io").await?;
         let image = seed_image(&seeder, "registry.test/app:v1", &layers("app", 3, 200_000)).await?;
         let registry_port = free_port_on(&[ip(holder_n), ip(peer_n)])?;
         let mut holder = ShoalNode::new(holder_n, registry_port, dir.path())?;
         holder.data_dir = Some(dir.path().join("holder"));
-        holder.containerd = Some((containerd.socket(), containerd.content_path()));
+        holder.containerd = Some((containerd.socket(), containerd.content_dir()));
         let mut peer = ShoalNode::new(peer_n, registry_port, dir.path())?;
         peer.data_dir = Some(dir.path().join("peer"));
         holder.start(&[])?;
@@ -121,14 +114,15 @@ async fn after_kill_9_identity_and_peers_come_back_and_content_is_served_at_once
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_is_set_aside_and_the_node_starts_from_containerd() -> Result<()> {
     let dir = tempfile::Builder::new().prefix("shoal-corrupt-").tempdir()?;
-    let containerd = containerd::Containerd::start().await?;
-    let image = seed_image(&containerd.seeder("k8s.io").await?, "registry.test/app:v1", &layers("c", 1, 1000)).await?;
+    let containerd = Containerd::start_temporary().await?;
+    let image =
+        seed_image(&seeder(&containerd, "k8s.io").await?, "registry.test/app:v1", &layers("c", 1, 1000)).await?;
     let data_dir = dir.path().join("data");
     std::fs::create_dir_all(&data_dir)?;
     std::fs::write(data_dir.join("state.redb"), b"not a database")?;
     let mut node = ShoalNode::new(21, free_port_on(&[ip(21)])?, dir.path())?;
     node.data_dir = Some(data_dir.clone());
-    node.containerd = Some((containerd.socket(), containerd.content_path()));
+    node.containerd = Some((containerd.socket(), containerd.content_dir()));
     let started = node.start(&[])?;
     until_served(&node, "app", &image.layers[0].to_string(), started).await?;
     node.ensure_running()?;
@@ -141,10 +135,11 @@ async fn a_corrupt_state_file_is_set_aside_and_the_node_starts_from_containerd()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_data_dir_the_node_starts_cold_and_serves() -> Result<()> {
     let dir = tempfile::Builder::new().prefix("shoal-cold-").tempdir()?;
-    let containerd = containerd::Containerd::start().await?;
-    let image = seed_image(&containerd.seeder("k8s.io").await?, "registry.test/app:v1", &layers("d", 1, 1000)).await?;
+    let containerd = Containerd::start_temporary().await?;
+    let image =
+        seed_image(&seeder(&containerd, "k8s.io").await?, "registry.test/app:v1", &layers("d", 1, 1000)).await?;
     let mut node = ShoalNode::new(22, free_port_on(&[ip(22)])?, dir.path())?;
-    node.containerd = Some((containerd.socket(), containerd.content_path()));
+    node.containerd = Some((containerd.socket(), containerd.content_dir()));
     let started = node.start(&[])?;
     let served_after = until_served(&node, "app", &image.layers[0].to_string(), started).await?;
     println!("cold start without a data dir: first peer request served {served_after:?} after spawn");

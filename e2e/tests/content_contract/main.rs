@@ -1,19 +1,21 @@
 //! The content store contract, run against the in-memory fake and against a
-//! real containerd daemon that each `real_containerd_*` test starts itself.
+//! real containerd daemon that each `real_containerd_*` test starts itself
+//! (the harness's launcher, in a temporary directory of its own).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/containerd.rs"]
-mod containerd_support;
+mod seeder;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use containerd_support::Containerd;
 use futures::TryStreamExt;
+use nix::sys::signal::Signal;
+use seeder::{seeder, store};
 use shoal::content::contract::{Seeder, content_store_contract, test_bytes};
 use shoal::content::memory::MemoryStore;
 use shoal::content::{ContainerdConfig, ContainerdStore, ContentEvent, ContentStore, Descriptor, Error};
 use shoal::oci::{Digest, MediaType, ResolvedRange};
+use shoal_e2e::containerd::Containerd;
 use tokio::sync::mpsc;
 
 /// Bound on any one expected event or call in these tests.
@@ -27,23 +29,23 @@ async fn memory_store_meets_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_containerd_store_meets_the_contract_over_grpc_and_from_the_content_dir() -> anyhow::Result<()> {
-    let daemon = Containerd::start().await?;
+    let daemon = Containerd::start_temporary().await?;
     // One namespace per store: each run of the contract starts without images.
-    content_store_contract(&daemon.store("contract-grpc", false), &daemon.seeder("contract-grpc").await?).await;
-    content_store_contract(&daemon.store("contract-disk", true), &daemon.seeder("contract-disk").await?).await;
+    content_store_contract(&store(&daemon, "contract-grpc", false), &seeder(&daemon, "contract-grpc").await?).await;
+    content_store_contract(&store(&daemon, "contract-disk", true), &seeder(&daemon, "contract-disk").await?).await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_containerd_blobs_are_read_from_the_content_dir_without_grpc() -> anyhow::Result<()> {
-    let daemon = Containerd::start().await?;
+    let daemon = Containerd::start_temporary().await?;
     let data = test_bytes(300_000);
-    let digest = daemon.seeder("disk").await?.add_blob(data.clone()).await.map_err(anyhow::Error::from_boxed)?;
+    let digest = seeder(&daemon, "disk").await?.add_blob(data.clone()).await.map_err(anyhow::Error::from_boxed)?;
     // The socket is wrong: only the content directory can answer.
     let store = ContainerdStore::new(ContainerdConfig {
-        socket: daemon.content_path().join("no-such.sock"),
+        socket: daemon.content_dir().join("no-such.sock"),
         namespace: "disk".to_owned(),
-        content_path: Some(daemon.content_path()),
+        content_path: Some(daemon.content_dir()),
     });
     let range = ResolvedRange { start: 1000, end: 250_000 };
     let chunks: Vec<Bytes> = store.read(&digest, range).await?.try_collect().await?;
@@ -55,20 +57,20 @@ async fn real_containerd_blobs_are_read_from_the_content_dir_without_grpc() -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_containerd_watch_reconnects_after_restart() -> anyhow::Result<()> {
-    let mut daemon = Containerd::start().await?;
-    let store = daemon.store("restart", false);
+    let mut daemon = Containerd::start_temporary().await?;
+    let store = store(&daemon, "restart", false);
     let (tx, mut events) = mpsc::channel(16);
     let watcher = store.clone();
     let watch = tokio::spawn(async move { watcher.watch(tx).await });
     assert_eq!(next(&mut events).await, ContentEvent::Connected);
 
-    daemon.kill()?;
+    daemon.kill();
     assert_eq!(next(&mut events).await, ContentEvent::Disconnected);
     assert!(matches!(store.images().await, Err(Error::Unavailable(_))));
     daemon.restart().await?;
     assert_eq!(next(&mut events).await, ContentEvent::Connected);
 
-    let seeder = daemon.seeder("restart").await?;
+    let seeder = seeder(&daemon, "restart").await?;
     let manifest = test_bytes(1000);
     let digest = seeder.add_blob(manifest.clone()).await.map_err(anyhow::Error::from_boxed)?;
     let target = Descriptor { digest, media_type: MediaType::from_static(MediaType::OCI_MANIFEST), size: 1000 };
@@ -85,13 +87,13 @@ async fn real_containerd_watch_reconnects_after_restart() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_containerd_that_hangs_fails_calls_with_unavailable_until_it_answers_again() -> anyhow::Result<()> {
-    let daemon = Containerd::start().await?;
-    let store = daemon.store("hung", false);
+    let daemon = Containerd::start_temporary().await?;
+    let store = store(&daemon, "hung", false);
     assert_eq!(store.images().await?, []);
 
-    daemon.signal("STOP")?;
+    daemon.freeze().await?;
     let hung = tokio::time::timeout(WAIT, store.images()).await;
-    daemon.signal("CONT")?;
+    daemon.signal(Signal::SIGCONT)?;
     assert!(matches!(hung, Ok(Err(Error::Unavailable(_)))), "a frozen daemon: {hung:?}");
     assert_eq!(tokio::time::timeout(WAIT, store.images()).await??, []);
     Ok(())

@@ -5,32 +5,26 @@
 //!
 //! A real containerd, `shoal` on 127.0.4.31 and an in-process router on
 //! 127.0.4.32 that looks keys up; nothing leaves loopback.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[allow(dead_code)]
-#[path = "support/containerd.rs"]
-mod containerd;
-#[path = "support/seed.rs"]
-mod seed;
-#[path = "support/shoal_binary.rs"]
-mod shoal_binary;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use crate::binary::{ShoalNode, eventually, free_port_on, ip};
+use crate::seed::{SeededImage, layers, seed_image};
+use crate::seeder::seeder;
 use anyhow::Result;
 use futures::StreamExt;
-use seed::{SeededImage, layers, seed_image};
 use shoal::content::contract::Seeder;
 use shoal::oci::Key;
 use shoal::routing::Router;
 use shoal::routing::p2p::{self, BootstrapPeer, Identity, P2pConfig, P2pRouter};
-use shoal_binary::{ShoalNode, eventually, free_port_on, ip};
+use shoal_e2e::containerd::Containerd;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Short, so that records of withdrawn keys expire within the test.
-const TTL: &str = "6s";
-const READVERTISE: &str = "3s";
+const TTL: Duration = Duration::from_secs(6);
+const READVERTISE: Duration = Duration::from_secs(3);
 
 /// Whether `observer` finds `name` among the providers of every key (or of none).
 async fn found_everywhere(observer: &P2pRouter, name: &str, keys: &[Key], want: bool) -> bool {
@@ -51,16 +45,17 @@ fn only_in(image: &SeededImage, other: &SeededImage) -> Vec<Key> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_deleted_while_down_is_withdrawn_and_one_added_is_advertised() -> Result<()> {
     let dir = tempfile::Builder::new().prefix("shoal-reconcile-").tempdir()?;
-    let containerd = containerd::Containerd::start().await?;
-    let seeder = containerd.seeder("k8s.io").await?;
+    let containerd = Containerd::start_temporary().await?;
+    let seeder = seeder(&containerd, "k8s.io").await?;
     let deleted = seed_image(&seeder, "registry.test/deleted:v1", &layers("deleted", 2, 1000)).await?;
     let kept = seed_image(&seeder, "registry.test/kept:v1", &layers("kept", 1, 1000)).await?;
 
     let registry_port = free_port_on(&[ip(31), ip(32)])?;
     let mut node = ShoalNode::new(31, registry_port, dir.path())?;
     node.data_dir = Some(dir.path().join("data"));
-    node.containerd = Some((containerd.socket(), containerd.content_path()));
-    let flags = [format!("--provider-ttl={TTL}"), format!("--readvertise-interval={READVERTISE}")];
+    node.containerd = Some((containerd.socket(), containerd.content_dir()));
+    let flags =
+        [format!("--provider-ttl={}s", TTL.as_secs()), format!("--readvertise-interval={}s", READVERTISE.as_secs())];
     node.start(&flags)?;
     let (name, _) = node.identity_and_mode().await?;
 
@@ -70,7 +65,7 @@ async fn an_image_deleted_while_down_is_withdrawn_and_one_added_is_advertised() 
         P2pConfig::new(SocketAddr::from((ip(32), free_port_on(&[ip(32)])?)), registry_port, Identity::generate());
     config.bootstrap.push(node.router_multiaddr().parse::<BootstrapPeer>()?);
     // Like every node of a cluster, the observer keeps records as long as the TTL says.
-    config.provider_ttl = humantime::parse_duration(TTL)?;
+    config.provider_ttl = TTL;
     let observer = p2p::start(config, token.clone(), &tracker).await?;
     let _stop = token.clone().drop_guard();
 

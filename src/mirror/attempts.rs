@@ -1,0 +1,97 @@
+//! The bookkeeping of one request's attempts: which peer next, the cap on
+//! attempts (hedges included), and recording each outcome in peer health,
+//! the hedge timer and the metrics.
+
+use std::time::Duration;
+
+use super::Inner;
+use super::Miss;
+use super::candidates::Candidates;
+use super::client::FetchError;
+use super::health::Outcome;
+use super::race::{AttemptSource, Winner};
+use crate::oci::{Key, PathKind};
+use crate::routing::Peer;
+
+pub(super) struct Attempts<'a> {
+    inner: &'a Inner,
+    candidates: Candidates<'a>,
+    key: Key,
+    kind: PathKind,
+    tried: usize,
+    resolve_recorded: bool,
+}
+
+impl<'a> Attempts<'a> {
+    pub(super) fn new(inner: &'a Inner, key: Key, kind: PathKind) -> Self {
+        let providers = inner.router.lookup(&key, inner.config.lookup_limit);
+        let candidates = Candidates::new(providers, &inner.scores);
+        Self { inner, candidates, key, kind, tried: 0, resolve_recorded: false }
+    }
+
+    /// The hedge deadline for this request's next race.
+    pub(super) fn hedge_after(&self) -> Option<Duration> {
+        let deadline = self.inner.hedge.deadline();
+        if let Some(deadline) = deadline {
+            self.inner.metrics.set_hedge_deadline(deadline);
+        }
+        deadline
+    }
+
+    /// Headers arrived: feeds the hedge window.
+    pub(super) fn won(&self, winner: &Winner) {
+        self.inner.hedge.record(winner.latency);
+        if winner.hedged {
+            self.inner.metrics.hedge_won();
+        }
+    }
+
+    /// The transfer from the winner completed with `bytes` of body.
+    pub(super) fn succeeded(&self, winner: &Winner, bytes: u64) {
+        let elapsed = winner.started.elapsed();
+        self.inner.scores.record_success(&winner.peer, bytes, elapsed, Some(winner.latency));
+        self.inner.metrics.observe_peer_fetch(self.kind, elapsed);
+    }
+
+    pub(super) fn miss(&self) -> Miss {
+        Miss { key: self.key.clone(), attempts: self.tried }
+    }
+}
+
+impl AttemptSource for Attempts<'_> {
+    fn can_start(&self) -> bool {
+        self.tried < self.inner.config.max_attempts
+    }
+
+    async fn next(&mut self) -> Option<Peer> {
+        if !self.can_start() {
+            return None;
+        }
+        let peer = self.candidates.next().await?;
+        if !self.resolve_recorded
+            && let Some(elapsed) = self.candidates.first_found
+        {
+            self.inner.metrics.observe_resolve(elapsed);
+            self.resolve_recorded = true;
+        }
+        self.tried += 1;
+        Some(peer)
+    }
+
+    fn failed(&mut self, peer: &Peer, error: &FetchError) {
+        tracing::debug!(peer = %peer.name, endpoint = %peer.endpoint, key = %self.key, %error, "peer attempt failed");
+        self.inner.metrics.peer_fetch_failed(error.reason());
+        if let Some(outcome) = error.health_outcome() {
+            self.inner.scores.record(peer, outcome);
+        }
+    }
+
+    fn hedged(&mut self) {
+        self.inner.metrics.hedge_started();
+    }
+
+    fn outrun(&mut self, peer: &Peer, silent_for: Duration) {
+        tracing::debug!(peer = %peer.name, key = %self.key, ?silent_for, "peer outrun by a hedge");
+        self.inner.scores.record(peer, Outcome::Failed);
+    }
+}

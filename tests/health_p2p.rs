@@ -1,0 +1,99 @@
+//! Peer health over real libp2p routers on loopback (127.0.5.N): when a
+//! node stops, the others see its connection close and exclude it from
+//! selection at once, long before its provider records expire; pings report
+//! round trips for the peers that stay. Every wait is a polled condition.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal::metrics::Metrics;
+use shoal::mirror::{ExclusionReason, HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
+use shoal::routing::p2p::{self, BootstrapPeer, Identity, P2pConfig, P2pRouter};
+use shoal::routing::{PeerName, Router};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+struct Node {
+    name: PeerName,
+    router: P2pRouter,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+async fn start(n: u8, port: u16, registry_port: u16, bootstrap: Option<u16>) -> Node {
+    let listen = SocketAddr::from((Ipv4Addr::new(127, 0, 5, n), port));
+    let identity = Identity::generate();
+    let mut config = P2pConfig::new(listen, registry_port, identity.clone());
+    if let Some(port) = bootstrap {
+        config.bootstrap.push(format!("/ip4/127.0.5.1/tcp/{port}").parse::<BootstrapPeer>().unwrap());
+    }
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let router = p2p::start(config, token.clone(), &tracker).await.unwrap();
+    Node { name: identity.name(), router, token, tracker }
+}
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {SETTLE:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_is_excluded_by_the_others_as_its_connection_closes() {
+    let port = free_port(Ipv4Addr::new(127, 0, 5, 1));
+    let registry_port = free_port(Ipv4Addr::new(127, 0, 5, 1));
+    let a = start(1, port, registry_port, None).await;
+    let b = start(2, port, registry_port, Some(port)).await;
+    let c = start(3, port, registry_port, Some(port)).await;
+
+    let spool = tempfile::tempdir().unwrap();
+    let config = MirrorConfig {
+        timeouts: PeerTimeouts::default(),
+        max_attempts: 4,
+        lookup_limit: 20,
+        spool_dir: spool.path().to_path_buf(),
+        hedge: HedgePolicy::default(),
+    };
+    let scores = Arc::new(PeerScores::new());
+    let mirror = Mirror::new(Arc::new(a.router.clone()), scores.clone(), Metrics::new().unwrap(), config);
+    tokio::spawn(mirror.probe_excluded(a.token.clone()));
+    let links = a.router.links();
+    eventually("A is connected to B and C, with their endpoints", || {
+        [&b.name, &c.name].iter().all(|name| links.get(name).is_some_and(|l| l.connected && l.endpoint.is_some()))
+    })
+    .await;
+    let c_link = links.get(&c.name).unwrap();
+    assert_eq!(c_link.endpoint, Some(SocketAddr::from((Ipv4Addr::new(127, 0, 5, 3), registry_port))));
+    eventually("pings report B's round trip", || links.get(&b.name).is_some_and(|l| l.rtt.is_some())).await;
+
+    c.token.cancel();
+    let stopped = Instant::now();
+    eventually("A excludes C", || scores.is_excluded(&c.name)).await;
+    let excluded_after = stopped.elapsed();
+    c.tracker.close();
+    c.tracker.wait().await;
+
+    let status = mirror.scores().snapshot().into_iter().find(|s| s.peer == c.name.to_string()).unwrap();
+    assert_eq!(status.reason, Some(ExclusionReason::Disconnected));
+    assert!(!scores.is_excluded(&b.name), "B stays in selection");
+    eventually("C's probes fail: nothing answers at its registry", || {
+        mirror.scores().snapshot().iter().any(|s| s.peer == c.name.to_string() && s.failed_probes >= 1)
+    })
+    .await;
+    println!("a stopped node was excluded by its peers {excluded_after:?} after it stopped");
+    for node in [&a, &b] {
+        node.token.cancel();
+    }
+}
