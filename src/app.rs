@@ -1,8 +1,17 @@
 //! Wiring: builds every component from its config, runs them on one
 //! `TaskTracker` under one `CancellationToken`, and shuts down on SIGTERM or
-//! SIGINT: readiness fails, listeners close, in-flight transfers get until
-//! the drain deadline to finish.
+//! SIGINT.
+//!
+//! Start-up: the state file is opened first (identity, peers, index). With
+//! persisted state the node recovers: it dials its last-known peers beside
+//! the bootstrap, restores selection weights, restores the index (local
+//! content is served from the first request) and queues the persisted keys
+//! for advertisement, while containerd is rescanned in the background.
+//! Shutdown: readiness fails, the peer store is saved, the token is
+//! cancelled (advertising stops, listeners close) and in-flight transfers
+//! get until the drain deadline to finish.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,17 +28,26 @@ use crate::advertiser::{Advertiser, AdvertiserConfig};
 use crate::content::{ContainerdConfig, ContainerdStore, ContentIndex, ContentStore};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::mirror::select::PeerStatus;
 use crate::mirror::{HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
 use crate::registry::response::{Body, text};
 use crate::registry::{RegistryConfig, RegistryHandler, server};
 use crate::replication::{CriConfig, CriPuller, ReplicationConfig, Replicator};
 use crate::routing::Router;
-use crate::routing::p2p::{self, BootstrapPeer, P2pConfig};
+use crate::routing::p2p::{self, BootstrapPeer, KnownPeer, P2pConfig, P2pRouter};
+use crate::state::{Loaded, PeerRecord, State};
 
 /// Most providers asked for one key: the DHT keeps at most 20 per key.
 const LOOKUP_LIMIT: usize = 20;
 /// containerd events buffered between the watcher and the advertiser.
 const EVENT_BUFFER: usize = 1024;
+/// How often the routing table is compared with the saved peer store; a
+/// change is saved at once, so even a `kill -9` loses little.
+const PEER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// The peer store (with fresh scores) is saved at least this often, and at shutdown.
+const PEER_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+/// The shutdown save of the peer store may take this long.
+const PEER_SAVE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Everything `shoal run` needs, built by the CLI.
 #[derive(Debug, Clone)]
@@ -84,6 +102,9 @@ pub async fn run(config: RunConfig) -> Result<(), Error> {
     shutdown_signal().await?;
     tracing::info!(deadline = ?config.drain_timeout, "shutting down: draining in-flight transfers");
     node.health.set_draining();
+    if tokio::time::timeout(PEER_SAVE_DEADLINE, node.peer_store.save()).await.is_err() {
+        tracing::warn!("saving the peer store took too long; keeping the last saved copy");
+    }
     token.cancel();
     if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
         tracing::warn!("drain deadline passed; abandoning the transfers still in flight");
@@ -95,12 +116,14 @@ pub async fn run(config: RunConfig) -> Result<(), Error> {
 pub struct Node {
     pub name: String,
     pub health: Health,
+    pub peer_store: PeerStore,
 }
 
 /// Binds every listener and spawns every task on `tracker`.
 pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTracker) -> Result<Node, Error> {
     let metrics = Metrics::new()?;
-    let identity = crate::state::load_or_create_identity(config.data_dir.as_deref())?;
+    let (state, loaded) = State::open(config.data_dir.as_deref(), &tracker, &metrics)?;
+    let Loaded { identity, peers, peers_age, images, mode } = loaded;
     let spool_dir = spool_dir(config.data_dir.as_deref())?;
     let registry_listener = bind(config.registry_addr).await?;
     let metrics_listener = bind(config.metrics_addr).await?;
@@ -116,6 +139,9 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
     };
     let p2p_router = p2p::start(p2p_config, token.clone(), &tracker).await?;
     let name = p2p_router.local_name().to_string();
+    let scores = Arc::new(PeerScores::new());
+    let peer_store = PeerStore { state: state.clone(), router: p2p_router.clone(), scores: scores.clone() };
+    peer_store.recover(&peers, peers_age).await;
     let router: Arc<dyn Router> = Arc::new(p2p_router);
     let cri = CriConfig {
         socket: config.containerd.socket.clone(),
@@ -132,13 +158,17 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         spool_dir,
         hedge: config.hedge,
     };
-    let mirror = Mirror::new(router.clone(), Arc::new(PeerScores::new()), metrics.clone(), mirror_config);
+    let mirror = Mirror::new(router.clone(), scores, metrics.clone(), mirror_config);
     tracker.spawn(mirror.probe_excluded(token.clone()));
 
+    let mut advertiser =
+        Advertiser::new(index.clone(), router.clone(), state, metrics.clone(), health.clone(), config.advertiser);
+    let recovered_keys = advertiser.recover(images);
+    tracing::info!(mode = mode.as_str(), recovered_keys, known_peers = peers.len(), "starting");
     let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
     tracker.spawn(watch_content(store, events_tx, token.clone()));
-    let advertiser = Advertiser::new(index.clone(), router.clone(), metrics.clone(), health.clone(), config.advertiser);
     tracker.spawn(advertiser.run(events_rx, token.clone()));
+    tracker.spawn(peer_store.clone().keep_saved(token.clone()));
 
     let handler = RegistryHandler::new(index.clone(), mirror.clone(), metrics.clone(), health.clone(), config.registry);
     if config.replication.is_active() {
@@ -158,7 +188,86 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         async move { status.handle(&req) }
     };
     tracker.spawn(server::serve(metrics_listener, serve_status, token, tracker.clone()));
-    Ok(Node { name, health })
+    Ok(Node { name, health, peer_store })
+}
+
+/// The peer store: who this node knew and how they served it, saved in the
+/// state file and restored at start-up. Cheap to clone.
+#[derive(Clone)]
+pub struct PeerStore {
+    state: State,
+    router: P2pRouter,
+    scores: Arc<PeerScores>,
+}
+
+impl PeerStore {
+    /// Dials the peers saved by an earlier run and restores their scores.
+    async fn recover(&self, peers: &[PeerRecord], age: Duration) {
+        for peer in peers {
+            if let Some(reliability) = peer.reliability {
+                self.scores.restore(&peer.name, reliability, peer.throughput, age);
+            }
+        }
+        let known: Vec<KnownPeer> = peers
+            .iter()
+            .filter(|p| !p.addrs.is_empty())
+            .map(|p| KnownPeer { name: p.name.clone(), addrs: p.addrs.clone() })
+            .collect();
+        if let Err(error) = self.router.dial_known(known).await {
+            tracing::warn!(%error, "cannot dial the peers known from the last run");
+        }
+    }
+
+    /// Saves the routing table's peers with their scores, replacing the last copy.
+    pub async fn save(&self) {
+        match self.router.known_peers().await {
+            Ok(known) => self.save_known(known).await,
+            Err(error) => tracing::debug!(%error, "cannot list known peers; keeping the last saved copy"),
+        }
+    }
+
+    async fn save_known(&self, known: Vec<KnownPeer>) {
+        if !self.state.is_persistent() {
+            return;
+        }
+        let scores: HashMap<String, PeerStatus> =
+            self.scores.snapshot().into_iter().map(|s| (s.peer.clone(), s)).collect();
+        let records = known
+            .into_iter()
+            .map(|peer| {
+                let score = scores.get(peer.name.as_str());
+                PeerRecord {
+                    reliability: score.map(|s| s.reliability),
+                    throughput: score.and_then(|s| s.throughput_bytes_per_second),
+                    name: peer.name,
+                    addrs: peer.addrs,
+                }
+            })
+            .collect();
+        let _ = self.state.save_peers(records).await;
+    }
+
+    /// Saves the peer store whenever the routing table changes, and at least
+    /// every [`PEER_SAVE_INTERVAL`], until cancelled.
+    async fn keep_saved(self, token: CancellationToken) {
+        if !self.state.is_persistent() {
+            return;
+        }
+        let mut check = tokio::time::interval(PEER_CHECK_INTERVAL);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut saved, mut saved_at) = (Vec::new(), tokio::time::Instant::now());
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                _ = check.tick() => {}
+            }
+            let Ok(known) = self.router.known_peers().await else { continue };
+            if known != saved || saved_at.elapsed() >= PEER_SAVE_INTERVAL {
+                self.save_known(known.clone()).await;
+                (saved, saved_at) = (known, tokio::time::Instant::now());
+            }
+        }
+    }
 }
 
 async fn watch_content(

@@ -86,7 +86,7 @@ fn byte_size(s: &str) -> Result<u64, String> {
 const GOSSIP_FANOUT: usize = 3;
 
 fn default_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from) * 32
+    crate::advertiser::AdvertiserConfig::default_concurrency()
 }
 
 #[derive(Debug, Args)]
@@ -109,7 +109,8 @@ pub struct RunArgs {
     /// containerd's content directory; blobs are read from disk when it is readable.
     #[arg(long, env = "SHOAL_CONTAINERD_CONTENT_PATH")]
     pub containerd_content_path: Option<PathBuf>,
-    /// Directory for persistent state (node identity) and spooled downloads.
+    /// Directory for persistent state (identity, known peers, the advertised index) and spooled
+    /// downloads. Without it the node starts cold every time.
     #[arg(long, env = "SHOAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Peers to bootstrap from: comma-separated multiaddrs, with or without /p2p/<peer id>.
@@ -154,9 +155,12 @@ pub struct RunArgs {
     /// How often every key is advertised again (must be shorter than the TTL).
     #[arg(long, env = "SHOAL_READVERTISE_INTERVAL", default_value = "5m", value_parser = duration)]
     pub readvertise_interval: Duration,
-    /// Advertisements in flight at once [default: 32 per CPU].
+    /// Advertisement batches in flight at once [default: 2 per CPU].
     #[arg(long, env = "SHOAL_ADVERTISE_CONCURRENCY")]
     pub advertise_concurrency: Option<usize>,
+    /// Keys advertised in one batch.
+    #[arg(long, env = "SHOAL_ADVERTISE_BATCH_SIZE", default_value_t = crate::advertiser::AdvertiserConfig::DEFAULT_BATCH_SIZE)]
+    pub advertise_batch_size: usize,
     /// Images to keep warm, comma-separated: registry/repository:tag, optionally =R for its own replica count.
     #[arg(long, env = "SHOAL_PIN_IMAGES", value_delimiter = ',')]
     pub pin_images: Vec<PinnedImage>,
@@ -214,6 +218,9 @@ impl RunArgs {
         if advertise_concurrency == 0 {
             return Err(UsageError::Zero("advertise-concurrency"));
         }
+        if self.advertise_batch_size == 0 {
+            return Err(UsageError::Zero("advertise-batch-size"));
+        }
         if self.popular_threshold == 0 {
             return Err(UsageError::Zero("popular-threshold"));
         }
@@ -263,6 +270,7 @@ impl RunArgs {
             advertiser: crate::advertiser::AdvertiserConfig {
                 readvertise_interval: self.readvertise_interval,
                 concurrency: advertise_concurrency,
+                batch_size: self.advertise_batch_size,
             },
             drain_timeout: self.drain_timeout,
         })
@@ -384,5 +392,8 @@ mod tests {
         let cli = Cli::try_parse_from(["shoal", "run", "--readvertise-interval", "20m"]);
         let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
         assert!(matches!(args.into_config(), Err(UsageError::ReadvertiseNotBeforeExpiry { .. })));
+        let cli = Cli::try_parse_from(["shoal", "run", "--advertise-batch-size", "0"]);
+        let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
+        assert!(matches!(args.into_config(), Err(UsageError::Zero("advertise-batch-size"))));
     }
 }

@@ -126,6 +126,8 @@ struct Inner {
     uploads_in_flight: Gauge,
     replication_pulls: IntCounterVec,
     replication_images: IntGaugeVec,
+    advertise: AdvertiseMetrics,
+    state: StateMetrics,
     /// Registry label values seen so far; a std mutex, never held across `.await`.
     registries: Mutex<HashSet<String>>,
 }
@@ -256,6 +258,8 @@ impl Metrics {
         registry.register(Box::new(hedge_deadline.clone()))?;
         registry.register(Box::new(peers_excluded.clone()))?;
         registry.register(Box::new(peer_probes.clone()))?;
+        let advertise = AdvertiseMetrics::new(&registry)?;
+        let state = StateMetrics::new(&registry)?;
         let inner = Inner {
             registry,
             requests,
@@ -279,6 +283,8 @@ impl Metrics {
             uploads_in_flight,
             replication_pulls,
             replication_images,
+            advertise,
+            state,
             registries: Mutex::new(HashSet::new()),
         };
         inner.export_closed_series();
@@ -349,6 +355,44 @@ impl Metrics {
 
     pub fn advertise_failed(&self, keys: u64) {
         self.inner.advertise_failures.inc_by(keys);
+    }
+
+    /// One batch handed to the router, and how many of its keys were advertised.
+    pub fn observe_advertise_batch(&self, elapsed: Duration, advertised: usize) {
+        self.inner.advertise.duration.observe(elapsed.as_secs_f64());
+        self.inner.advertise.provided.inc_by(advertised as u64);
+    }
+
+    pub fn withdrew(&self) {
+        self.inner.advertise.withdrawn.inc();
+    }
+
+    /// Keys waiting to be advertised or withdrawn, including those in flight.
+    pub fn set_advertise_pending(&self, n: usize) {
+        self.inner.advertise.pending.set(gauge_value(n));
+    }
+
+    /// Keys whose last advertisement failed, waiting for a retry.
+    pub fn set_advertise_failed_keys(&self, n: usize) {
+        self.inner.advertise.failed_keys.set(gauge_value(n));
+    }
+
+    pub fn observe_state_write(&self, elapsed: Duration) {
+        self.inner.state.write_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn set_saved_peers(&self, n: usize) {
+        self.inner.state.saved_peers.set(gauge_value(n));
+    }
+
+    pub fn state_write_failed(&self) {
+        self.inner.state.write_failures.inc();
+    }
+
+    /// How this run started (`cold`, `fresh`, `rebuilt`, `recovered`): that series is 1.
+    pub fn set_state_start(&self, mode: &'static str) {
+        self.inner.state.start_mode.reset();
+        self.inner.state.start_mode.with_label_values(&[mode]).set(1);
     }
 
     pub fn set_connected_peers(&self, n: usize) {
@@ -428,7 +472,8 @@ impl Metrics {
             &inner.replication_images,
         ];
         let mut names = Vec::new();
-        for family in collectors.iter().flat_map(|collector| collector.collect()) {
+        let all = collectors.into_iter().chain(inner.advertise.collectors()).chain(inner.state.collectors());
+        for family in all.flat_map(|collector| collector.collect()) {
             let name = family.name();
             let suffixes: &[&str] = match family.get_field_type() {
                 MetricType::HISTOGRAM => &["_bucket", "_sum", "_count"],
@@ -447,6 +492,95 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.inner.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The advertisement pipeline's metrics.
+struct AdvertiseMetrics {
+    duration: Histogram,
+    provided: IntCounter,
+    withdrawn: IntCounter,
+    pending: IntGauge,
+    failed_keys: IntGauge,
+}
+
+impl AdvertiseMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "shoal_advertise_duration_seconds",
+                    "Time to advertise one batch of keys, until every key was announced or failed.",
+                )
+                .buckets(latency_buckets()),
+            )?,
+            provided: IntCounter::new("shoal_advertisements_total", "Keys advertised (each re-advertisement counts).")?,
+            withdrawn: IntCounter::new("shoal_withdrawals_total", "Keys withdrawn.")?,
+            pending: IntGauge::new(
+                "shoal_advertise_pending_keys",
+                "Keys waiting to be advertised or withdrawn, including those in flight.",
+            )?,
+            failed_keys: IntGauge::new(
+                "shoal_advertise_failed_keys",
+                "Keys whose last advertisement failed, waiting for a retry.",
+            )?,
+        };
+        registry.register(Box::new(metrics.duration.clone()))?;
+        registry.register(Box::new(metrics.provided.clone()))?;
+        registry.register(Box::new(metrics.withdrawn.clone()))?;
+        registry.register(Box::new(metrics.pending.clone()))?;
+        registry.register(Box::new(metrics.failed_keys.clone()))?;
+        Ok(metrics)
+    }
+
+    /// The collectors `new` registers, for `Metrics::metric_names`.
+    fn collectors(&self) -> [&dyn Collector; 5] {
+        [&self.duration, &self.provided, &self.withdrawn, &self.pending, &self.failed_keys]
+    }
+}
+
+/// The state file's metrics.
+struct StateMetrics {
+    write_duration: Histogram,
+    write_failures: IntCounter,
+    start_mode: IntGaugeVec,
+    saved_peers: IntGauge,
+}
+
+impl StateMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            write_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "shoal_state_write_duration_seconds",
+                    "Time to write one change to the state file, durably.",
+                )
+                .buckets(latency_buckets()),
+            )?,
+            write_failures: IntCounter::new(
+                "shoal_state_write_failures_total",
+                "Writes to the state file that failed.",
+            )?,
+            start_mode: IntGaugeVec::new(
+                Opts::new("shoal_state_start_mode", "How this run started: cold, fresh, rebuilt or recovered (1)."),
+                &["mode"],
+            )?,
+            saved_peers: IntGauge::new("shoal_state_saved_peers", "Peers in the peer store as last saved.")?,
+        };
+        registry.register(Box::new(metrics.write_duration.clone()))?;
+        registry.register(Box::new(metrics.write_failures.clone()))?;
+        registry.register(Box::new(metrics.start_mode.clone()))?;
+        registry.register(Box::new(metrics.saved_peers.clone()))?;
+        Ok(metrics)
+    }
+
+    /// The collectors `new` registers, for `Metrics::metric_names`.
+    fn collectors(&self) -> [&dyn Collector; 4] {
+        [&self.write_duration, &self.write_failures, &self.start_mode, &self.saved_peers]
     }
 }
 
@@ -496,6 +630,14 @@ mod tests {
         metrics.peer_probed(true);
         metrics.replication_pulled(true);
         metrics.set_replication_images(&[("held", 1)]);
+        metrics.observe_advertise_batch(Duration::from_millis(5), 3);
+        metrics.withdrew();
+        metrics.set_advertise_pending(1);
+        metrics.set_advertise_failed_keys(1);
+        metrics.observe_state_write(Duration::from_millis(1));
+        metrics.state_write_failed();
+        metrics.set_state_start("recovered");
+        metrics.set_saved_peers(2);
         let text = metrics.encode().unwrap();
         let mut exported: Vec<String> = text
             .lines()

@@ -17,6 +17,7 @@ use shoal::metrics::Metrics;
 use shoal::oci::Key;
 use shoal::routing::memory::{MemoryNetwork, MemoryRouter};
 use shoal::routing::{Peer, PeerName, Router};
+use shoal::state::State;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -43,8 +44,10 @@ fn start(store: MemoryStore, readvertise_interval: Duration) -> Running {
     let shared: Arc<dyn Router> = Arc::new(router.clone());
     let health = Health::new(shared.clone());
     let index = ContentIndex::new(Arc::new(store.clone()));
-    let config = AdvertiserConfig { readvertise_interval, concurrency: 8 };
-    let advertiser = Advertiser::new(index, shared, Metrics::new().unwrap(), health.clone(), config);
+    let config = AdvertiserConfig { readvertise_interval, concurrency: 4, batch_size: 16 };
+    let metrics = Metrics::new().unwrap();
+    let state = State::disabled(&metrics);
+    let advertiser = Advertiser::new(index, shared, state, metrics, health.clone(), config);
     let token = CancellationToken::new();
     let (tx, rx) = mpsc::channel(64);
     let watched = store.clone();

@@ -46,6 +46,23 @@ struct ImageEntry {
     blobs: Vec<WalkedBlob>,
 }
 
+/// One indexed image as a plain value: what `state` persists, so a restarted
+/// node can serve and advertise before containerd is rescanned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedImage {
+    pub name: String,
+    pub tag: Option<TagRef>,
+    pub target: Digest,
+    /// Present blobs reachable from the target, the target first if present.
+    pub blobs: Vec<WalkedBlob>,
+}
+
+impl IndexedImage {
+    fn from_entry(name: &str, entry: &ImageEntry) -> Self {
+        Self { name: name.to_owned(), tag: entry.tag.clone(), target: entry.target, blobs: entry.blobs.clone() }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     images: HashMap<String, ImageEntry>,
@@ -173,6 +190,32 @@ impl ContentIndex {
 
     pub fn blob(&self, digest: &Digest) -> Option<IndexedBlob> {
         self.state.read().ok()?.blobs.get(digest).cloned()
+    }
+
+    /// Replaces the whole index with `images` (persisted from an earlier run).
+    /// The next rescan's changes are then relative to what was persisted.
+    pub fn restore(&self, images: Vec<IndexedImage>) -> KeyChanges {
+        let images = images
+            .into_iter()
+            .filter(|image| !image.blobs.is_empty())
+            .map(|image| (image.name, ImageEntry { tag: image.tag, target: image.target, blobs: image.blobs }))
+            .collect();
+        self.apply(|state| state.images = images)
+    }
+
+    /// Every indexed image, sorted by name.
+    pub fn images(&self) -> Vec<IndexedImage> {
+        let Ok(state) = self.state.read() else { return Vec::new() };
+        let mut images: Vec<IndexedImage> =
+            state.images.iter().map(|(name, entry)| IndexedImage::from_entry(name, entry)).collect();
+        images.sort_by(|a, b| a.name.cmp(&b.name));
+        images
+    }
+
+    /// One indexed image by its containerd name.
+    pub fn image(&self, name: &str) -> Option<IndexedImage> {
+        let state = self.state.read().ok()?;
+        state.images.get(name).map(|entry| IndexedImage::from_entry(name, entry))
     }
 
     /// Every key this node should advertise.

@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use crate::oci::{Digest, MediaType, ResolvedRange};
 
 pub use containerd::{ContainerdConfig, ContainerdStore};
-pub use index::{ContentIndex, IndexedBlob, KeyChanges};
-pub use walk::MAX_MANIFEST_SIZE;
+pub use index::{ContentIndex, IndexedBlob, IndexedImage, KeyChanges};
+pub use walk::{MAX_MANIFEST_SIZE, WalkedBlob};
 
 /// A content descriptor as containerd records it for an image target.
 #[derive(Debug, Clone, PartialEq, Eq)]

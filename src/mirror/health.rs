@@ -147,6 +147,15 @@ impl PeerHealth {
         }
     }
 
+    /// A peer as an earlier run saved it at `saved_at`: its reliability (still
+    /// recovering from then on) and its throughput.
+    pub fn restored(reliability: f64, throughput: Option<f64>, saved_at: Instant, now: Instant) -> Self {
+        let mut health = Self::new(now);
+        health.set_reliability(reliability, saved_at);
+        health.throughput = throughput;
+        health
+    }
+
     /// Reliability with the time-based recovery since the last update applied.
     pub fn reliability(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.reliability_at).as_secs_f64();

@@ -185,6 +185,18 @@ impl PeerScores {
         self.lock().values().filter(|h| h.is_excluded()).count()
     }
 
+    /// Restores what an earlier run saved `age` ago about `peer`: penalties
+    /// keep fading from when they were saved. A peer tracked already keeps its state.
+    pub fn restore(&self, peer: &PeerName, reliability: f64, throughput: Option<f64>, age: Duration) {
+        let now = Instant::now();
+        let saved_at = now.checked_sub(age).unwrap_or(now);
+        let mut peers = self.lock();
+        if !peers.contains_key(peer) {
+            make_room(&mut peers);
+            peers.insert(peer.clone(), PeerHealth::restored(reliability, throughput, saved_at, now));
+        }
+    }
+
     /// Every tracked peer's state: excluded first, then by reliability.
     pub fn snapshot(&self) -> Vec<PeerStatus> {
         let now = Instant::now();

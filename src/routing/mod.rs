@@ -80,6 +80,16 @@ pub trait Router: Send + Sync + 'static {
     /// stored locally and offered to the closest peers.
     async fn provide(&self, key: &Key) -> Result<(), Error>;
 
+    /// Announces several keys; one result per key, in order. The default
+    /// provides them one after the other; a router that can batch does better.
+    async fn provide_many(&self, keys: &[Key]) -> Vec<Result<(), Error>> {
+        let mut results = Vec::with_capacity(keys.len());
+        for key in keys {
+            results.push(self.provide(key).await);
+        }
+        results
+    }
+
     /// Stops announcing `key`. Remote records expire with their TTL.
     async fn withdraw(&self, key: &Key) -> Result<(), Error>;
 

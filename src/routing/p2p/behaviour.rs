@@ -2,15 +2,18 @@
 //!
 //! Owns: Kademlia (server mode, Shoal's own protocol name, provider TTL, no
 //! automatic provider republication: the advertiser re-provides on its own
-//! schedule), identify (to learn the addresses peers announce) and ping (to
-//! keep connections alive and notice dead ones). Does not drive the swarm.
+//! schedule), batched provider announcements (`announce`), identify (to
+//! learn the addresses peers announce) and ping (to keep connections alive
+//! and notice dead ones). Does not drive the swarm.
 
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, identify, kad, ping};
+use libp2p::{StreamProtocol, identify, kad, ping, request_response};
+
+use super::announce::{ANNOUNCE_PROTOCOL, AnnounceCodec};
 
 /// Kademlia protocol name: Shoal nodes form a DHT of their own.
 pub(super) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1.0.0");
@@ -23,6 +26,12 @@ const MAX_STORED_KEYS: usize = 100_000;
 const PROVIDERS_PER_KEY: usize = 20;
 /// How long one Kademlia query may run before it reports a timeout.
 pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Peers kept per routing-table bucket. Larger than Kademlia's usual 20 so
+/// that a node of a cluster of up to about a hundred nodes knows every other
+/// node, which lets it advertise in batches (see `bulk`).
+pub(super) const KBUCKET_SIZE: usize = 64;
+/// How long an announcement may wait for its answer.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ping every connected peer this often; its round trip and failures feed
 /// peer health (a blackholed or frozen peer keeps its TCP connection open).
 const PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -32,6 +41,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
     pub(super) kad: kad::Behaviour<MemoryStore>,
+    pub(super) announce: request_response::Behaviour<AnnounceCodec>,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
 }
@@ -51,8 +61,12 @@ impl Behaviour {
         let mut kad = kad::Behaviour::with_config(local, store, kad_config(provider_ttl));
         kad.set_mode(Some(kad::Mode::Server));
         let identify = identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), keypair.public()));
+        let announce = request_response::Behaviour::new(
+            [(ANNOUNCE_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(ANNOUNCE_TIMEOUT),
+        );
         let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT));
-        Self { kad, identify, ping }
+        Self { kad, announce, identify, ping }
     }
 }
 
@@ -65,5 +79,8 @@ fn kad_config(provider_ttl: Duration) -> kad::Config {
         .set_publication_interval(None)
         .set_replication_interval(None)
         .set_query_timeout(QUERY_TIMEOUT);
+    if let Some(size) = std::num::NonZeroUsize::new(KBUCKET_SIZE) {
+        config.set_kbucket_size(size);
+    }
     config
 }

@@ -18,6 +18,8 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::behaviour::QUERY_TIMEOUT;
 use super::bootstrap::Target;
+use super::bulk::BulkOutcome;
+use super::known::KnownPeer;
 use crate::oci::Key;
 use crate::routing::{Error, Links, Peer, PeerName, Router};
 
@@ -25,6 +27,10 @@ use crate::routing::{Error, Links, Peer, PeerName, Router};
 pub(super) const COMMAND_CAPACITY: usize = 1024;
 /// How long a provide may wait for its query: the query's own limit plus slack.
 const PROVIDE_TIMEOUT: Duration = QUERY_TIMEOUT.saturating_add(Duration::from_secs(15));
+/// How long a batch may take: every announcement is answered or times out well within it.
+const PROVIDE_MANY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Key-by-key provides in flight for one batch when batching is not possible.
+const QUERIES_PER_BATCH: usize = 16;
 /// Commands that only touch local state answer well within this.
 const LOCAL_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -33,6 +39,11 @@ pub(super) enum Command {
     Provide {
         key: Key,
         reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// Provide several keys in one batch, if the whole network is known.
+    ProvideMany {
+        keys: Vec<Key>,
+        reply: oneshot::Sender<BulkOutcome>,
     },
     Withdraw {
         key: Key,
@@ -48,6 +59,14 @@ pub(super) enum Command {
     /// Dial bootstrap targets (fire and forget: connections show in the peer count).
     Dial {
         targets: Vec<Target>,
+    },
+    /// List the peers of the routing table.
+    KnownPeers {
+        reply: oneshot::Sender<Vec<KnownPeer>>,
+    },
+    /// Seed the routing table with peers known earlier and dial them.
+    DialKnown {
+        peers: Vec<KnownPeer>,
     },
 }
 
@@ -124,6 +143,21 @@ impl P2pRouter {
         self.local_name.clone()
     }
 
+    /// The peers of the routing table with their announced router addresses,
+    /// for the peer store.
+    pub async fn known_peers(&self) -> Result<Vec<KnownPeer>, Error> {
+        self.request(|reply| Command::KnownPeers { reply }, LOCAL_COMMAND_TIMEOUT).await
+    }
+
+    /// Dials peers known from an earlier run (alongside any bootstrap) and
+    /// adds them to the routing table. Does not wait for the connections.
+    pub async fn dial_known(&self, peers: Vec<KnownPeer>) -> Result<(), Error> {
+        if peers.is_empty() {
+            return Ok(());
+        }
+        self.send(Command::DialKnown { peers }).await
+    }
+
     pub(super) async fn send(&self, command: Command) -> Result<(), Error> {
         self.commands.send(command).await.map_err(|_| Error::Closed)
     }
@@ -175,6 +209,23 @@ impl Router for P2pRouter {
     async fn provide(&self, key: &Key) -> Result<(), Error> {
         let key = key.clone();
         self.request(|reply| Command::Provide { key, reply }, PROVIDE_TIMEOUT).await?
+    }
+
+    /// One announcement per peer when the whole network is known (see
+    /// `bulk`); otherwise one Kademlia query per key, a few at a time.
+    async fn provide_many(&self, keys: &[Key]) -> Vec<Result<(), Error>> {
+        let batch = keys.to_vec();
+        match self.request(|reply| Command::ProvideMany { keys: batch, reply }, PROVIDE_MANY_TIMEOUT).await {
+            Ok(BulkOutcome::Done(results)) => results,
+            Ok(BulkOutcome::NeedQueries) => {
+                let one_by_one = stream::iter(keys.to_vec()).map(|key| {
+                    let router = self.clone();
+                    async move { router.provide(&key).await }
+                });
+                one_by_one.buffered(QUERIES_PER_BATCH).collect().await
+            }
+            Err(error) => vec![Err(error); keys.len()],
+        }
     }
 
     async fn withdraw(&self, key: &Key) -> Result<(), Error> {

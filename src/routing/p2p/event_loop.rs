@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::addresses::{AddressBook, tcp_multiaddr, tcp_socket_addr};
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::bootstrap::Target;
+use super::bulk::{Bulk, record_key};
 use super::client::{Command, Shared};
+use super::known;
 use super::lookups::Lookups;
 use crate::oci::Key;
 use crate::routing::{Error, LinkEvent, Peer, PeerName};
@@ -40,6 +42,7 @@ pub(super) struct EventLoop {
     provides: HashMap<QueryId, oneshot::Sender<Result<(), Error>>>,
     /// Whether the first Kademlia bootstrap (self-lookup) was started.
     bootstrapped: bool,
+    bulk: Bulk,
 }
 
 impl EventLoop {
@@ -48,9 +51,10 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         shared: Arc<Shared>,
         book: AddressBook,
+        bulk: Bulk,
     ) -> Self {
         let lookups = Lookups::new(*swarm.local_peer_id());
-        Self { swarm, commands, shared, book, lookups, provides: HashMap::new(), bootstrapped: false }
+        Self { swarm, commands, shared, book, lookups, provides: HashMap::new(), bootstrapped: false, bulk }
     }
 
     pub(super) async fn run(mut self, token: CancellationToken) {
@@ -67,6 +71,7 @@ impl EventLoop {
                 _ = sweep.tick() => {}
             }
             self.end_lookups();
+            self.bulk.on_tick(Instant::now());
         }
         // Dropping the pending replies tells waiting callers the router is gone.
         self.shared.set_closed();
@@ -80,12 +85,17 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Provide { key, reply } => self.start_providing(key, reply),
+            Command::ProvideMany { keys, reply } => self.bulk.start(&mut self.swarm, keys, reply),
             Command::Withdraw { key, reply } => {
                 self.kad().stop_providing(&record_key(&key));
                 let _ = reply.send(());
             }
             Command::Lookup { key, limit, deadline, results } => self.start_lookup(&key, limit, deadline, results),
             Command::Dial { targets } => targets.into_iter().for_each(|t| self.dial_target(t)),
+            Command::KnownPeers { reply } => {
+                let _ = reply.send(known::list(&mut self.swarm, self.book.rule()));
+            }
+            Command::DialKnown { peers } => known::dial(&mut self.swarm, self.book.rule(), peers),
         }
     }
 
@@ -162,6 +172,7 @@ impl EventLoop {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Announce(event)) => self.bulk.on_event(&mut self.swarm, event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 self.on_identified(peer_id, info);
             }
@@ -269,6 +280,9 @@ impl EventLoop {
                     self.lookups.query_finished(id);
                 }
             }
+            kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining: 0, .. })) => {
+                self.bulk.set_bootstrapped(&mut self.swarm);
+            }
             other => tracing::debug!(result = ?other, "kademlia query progressed"),
         }
     }
@@ -276,8 +290,4 @@ impl EventLoop {
 
 fn peer_name(peer: &PeerId) -> PeerName {
     PeerName::new(peer.to_string())
-}
-
-fn record_key(key: &Key) -> RecordKey {
-    RecordKey::new(&key.to_bytes())
 }

@@ -8,20 +8,25 @@
 //!
 //! # Layout
 //! - [`identity`]: the ed25519 keypair and the node's name.
-//! - `behaviour`: the protocols (Kademlia, identify, ping) and their settings.
+//! - `behaviour`: the protocols (Kademlia, announce, identify, ping) and their settings.
+//! - `bulk` and `announce`: batched advertisement when the whole network is known.
 //! - `event_loop`: the one task that owns the swarm.
 //! - `client`: [`P2pRouter`], the cloneable handle that sends it commands.
 //! - `lookups`: provider lookups in flight and when each ends.
 //! - `addresses`: announced addresses and the registry endpoint rule.
 //! - `bootstrap`: bootstrap peers, DNS, and the reconnect schedule.
+//! - `known`: the routing table's peers for the peer store, and re-dialling them.
 //! - `transport`: TCP + noise + yamux, dialling from fresh ports.
 
 mod addresses;
+mod announce;
 mod behaviour;
 mod bootstrap;
+mod bulk;
 mod client;
 mod event_loop;
 mod identity;
+mod known;
 mod lookups;
 mod transport;
 
@@ -37,10 +42,12 @@ use tokio_util::task::TaskTracker;
 pub use bootstrap::{BootstrapPeer, BootstrapPeerError};
 pub use client::P2pRouter;
 pub use identity::Identity;
+pub use known::KnownPeer;
 
 use addresses::{AddressBook, EndpointRule, tcp_multiaddr};
 use behaviour::Behaviour;
 use bootstrap::BootstrapPlan;
+use bulk::Bulk;
 use client::{COMMAND_CAPACITY, Shared};
 use event_loop::EventLoop;
 
@@ -115,7 +122,8 @@ pub async fn start(config: P2pConfig, token: CancellationToken, tracker: &TaskTr
     let book = AddressBook::new(EndpointRule::new(config.listen.ip(), config.registry_port));
     tracing::info!(name = %router.local_name(), listen = %config.listen, "starting p2p router");
 
-    tracker.spawn(EventLoop::new(swarm, inbox, shared.clone(), book).run(token.clone()));
+    let bulk = Bulk::new(config.provider_ttl);
+    tracker.spawn(EventLoop::new(swarm, inbox, shared.clone(), book, bulk).run(token.clone()));
     if !plan.is_empty() {
         tracker.spawn(bootstrap::run(plan, router.clone(), shared, token));
     }

@@ -1,0 +1,324 @@
+//! Batched advertisement: many keys announced with one message per peer.
+//!
+//! A Kademlia provide is an iterative query per key (a dozen or more round
+//! trips) followed by one message per replica: thousands of keys cost
+//! thousands of queries. When this node knows the whole network — a
+//! bootstrap walk has completed and no routing-table bucket is full, the
+//! usual case in a cluster — it computes each key's `K_VALUE` closest peers
+//! itself and sends every peer all of its records in one announcement (the
+//! idea of IPFS's accelerated "full routing table" client). Receivers store
+//! ordinary provider records, so lookups are plain Kademlia and find them.
+//! Otherwise the caller is told to fall back to one query per key. Right
+//! after start-up, batches wait (up to [`BOOTSTRAP_WAIT`]) for the first
+//! bootstrap walk, so a restarting node re-advertises in batches too.
+//!
+//! Owns: the batches in flight, the announcement requests they wait for,
+//! and storing the records peers announce to this node. Like a Kademlia
+//! provide, a batch succeeds once the local record is stored and every
+//! announcement was answered or failed: reaching fewer peers is not a failure.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use libp2p::kad::store::RecordStore;
+use libp2p::kad::{K_VALUE, KBucketKey, ProviderRecord, RecordKey};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::{Multiaddr, PeerId, Swarm};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::announce::{Announcement, MAX_KEYS_PER_REQUEST, Stored};
+use super::behaviour::{Behaviour, KBUCKET_SIZE};
+use crate::oci::Key;
+use crate::routing::Error;
+
+/// Most addresses a peer may announce with its keys.
+const MAX_ANNOUNCED_ADDRS: usize = 8;
+/// How long a batch waits for the first bootstrap walk before falling back
+/// to one query per key (a node alone never completes one).
+pub(super) const BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
+/// A batch is done after this long even if some announcements are still
+/// pending (a blackholed peer may hold a dial for minutes): like a Kademlia
+/// provide, reaching fewer peers is not a failure.
+const BATCH_DEADLINE: Duration = Duration::from_secs(15);
+
+/// How a batch ended.
+#[derive(Debug)]
+pub(super) enum BulkOutcome {
+    /// One result per key, in order.
+    Done(Vec<Result<(), Error>>),
+    /// This node does not know the whole network: provide key by key.
+    NeedQueries,
+}
+
+struct Batch {
+    reply: oneshot::Sender<BulkOutcome>,
+    results: Vec<Result<(), Error>>,
+    outstanding: usize,
+    deadline: Instant,
+}
+
+/// A batch waiting for the first bootstrap walk.
+struct Waiting {
+    keys: Vec<Key>,
+    reply: oneshot::Sender<BulkOutcome>,
+}
+
+/// Whether the routing table can be trusted to hold the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bootstrap {
+    /// No walk completed yet; batches wait until `until`.
+    Pending {
+        until: Instant,
+    },
+    /// Waited in vain: batches fall back to queries until a walk completes.
+    GaveUp,
+    Done,
+}
+
+/// Batches in flight, and the settings receivers need.
+pub(super) struct Bulk {
+    provider_ttl: Duration,
+    bootstrap: Bootstrap,
+    waiting: Vec<Waiting>,
+    batches: HashMap<u64, Batch>,
+    requests: HashMap<OutboundRequestId, u64>,
+    next_batch: u64,
+}
+
+impl Bulk {
+    pub(super) fn new(provider_ttl: Duration) -> Self {
+        Self {
+            provider_ttl,
+            bootstrap: Bootstrap::Pending { until: Instant::now() + BOOTSTRAP_WAIT },
+            waiting: Vec::new(),
+            batches: HashMap::new(),
+            requests: HashMap::new(),
+            next_batch: 0,
+        }
+    }
+
+    /// A bootstrap walk completed: the routing table reflects the network.
+    /// Batches waiting for it start now.
+    pub(super) fn set_bootstrapped(&mut self, swarm: &mut Swarm<Behaviour>) {
+        if self.bootstrap != Bootstrap::Done {
+            tracing::debug!(waiting = self.waiting.len(), "routing table bootstrapped; batched advertisement enabled");
+        }
+        self.bootstrap = Bootstrap::Done;
+        for Waiting { keys, reply } in std::mem::take(&mut self.waiting) {
+            self.start(swarm, keys, reply);
+        }
+    }
+
+    /// Gives up waiting for the first bootstrap once its time is over, and
+    /// ends batches past their deadline.
+    pub(super) fn on_tick(&mut self, now: Instant) {
+        if let Bootstrap::Pending { until } = self.bootstrap
+            && now >= until
+        {
+            self.bootstrap = Bootstrap::GaveUp;
+            for Waiting { reply, .. } in std::mem::take(&mut self.waiting) {
+                let _ = reply.send(BulkOutcome::NeedQueries);
+            }
+        }
+        let overdue: Vec<u64> = self.batches.iter().filter(|(_, b)| now >= b.deadline).map(|(id, _)| *id).collect();
+        for id in overdue {
+            if let Some(batch) = self.batches.remove(&id) {
+                tracing::debug!(unanswered = batch.outstanding, "batch deadline passed; some peers were not reached");
+                let _ = batch.reply.send(BulkOutcome::Done(batch.results));
+            }
+        }
+    }
+
+    /// Stores the local records of `keys` and announces them to their closest peers.
+    pub(super) fn start(&mut self, swarm: &mut Swarm<Behaviour>, keys: Vec<Key>, reply: oneshot::Sender<BulkOutcome>) {
+        let peers = match self.bootstrap {
+            Bootstrap::Pending { .. } => {
+                self.waiting.push(Waiting { keys, reply });
+                return;
+            }
+            Bootstrap::GaveUp => None,
+            Bootstrap::Done => whole_network(swarm),
+        };
+        let Some(peers) = peers else {
+            let _ = reply.send(BulkOutcome::NeedQueries);
+            return;
+        };
+        let local = *swarm.local_peer_id();
+        let addrs: Vec<Multiaddr> = swarm.external_addresses().cloned().collect();
+        let store = swarm.behaviour_mut().kad.store_mut();
+        let results: Vec<Result<(), Error>> = keys
+            .iter()
+            .map(|key| {
+                let record = ProviderRecord::new(record_key(key), local, addrs.clone());
+                store.add_provider(record).map_err(|e| Error::Provide {
+                    key: key.clone(),
+                    reason: format!("the local record store refused: {e}"),
+                })
+            })
+            .collect();
+        let stored = keys.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(k, _)| k);
+        let per_peer = closest_peers(&peers, stored);
+        let announced_addrs: Vec<String> = addrs.iter().take(MAX_ANNOUNCED_ADDRS).map(ToString::to_string).collect();
+
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let mut outstanding = 0;
+        for (peer, keys) in per_peer {
+            for chunk in keys.chunks(MAX_KEYS_PER_REQUEST) {
+                let announcement = Announcement { keys: chunk.to_vec(), addrs: announced_addrs.clone() };
+                let request = swarm.behaviour_mut().announce.send_request(&peer, announcement);
+                self.requests.insert(request, id);
+                outstanding += 1;
+            }
+        }
+        let batch = Batch { reply, results, outstanding, deadline: Instant::now() + BATCH_DEADLINE };
+        if outstanding == 0 {
+            let _ = batch.reply.send(BulkOutcome::Done(batch.results));
+        } else {
+            self.batches.insert(id, batch);
+        }
+    }
+
+    pub(super) fn on_event(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        event: request_response::Event<Announcement, Stored>,
+    ) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.store_announced(swarm, peer, request, channel);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    tracing::trace!(%peer, stored = response.stored, "announcement stored");
+                    self.answered(request_id);
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                tracing::debug!(%peer, %error, "announcement not delivered");
+                self.answered(request_id);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound announcement failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn answered(&mut self, request: OutboundRequestId) {
+        let Some(id) = self.requests.remove(&request) else { return };
+        let Some(batch) = self.batches.get_mut(&id) else { return };
+        batch.outstanding = batch.outstanding.saturating_sub(1);
+        if batch.outstanding == 0
+            && let Some(batch) = self.batches.remove(&id)
+        {
+            let _ = batch.reply.send(BulkOutcome::Done(batch.results));
+        }
+    }
+
+    /// Stores the records `peer` announced, as a Kademlia ADD_PROVIDER would.
+    fn store_announced(
+        &self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        announcement: Announcement,
+        channel: ResponseChannel<Stored>,
+    ) {
+        let addrs: Vec<Multiaddr> =
+            announcement.addrs.iter().filter_map(|a| a.parse().ok()).take(MAX_ANNOUNCED_ADDRS).collect();
+        let expires = std::time::Instant::now() + self.provider_ttl;
+        let store = swarm.behaviour_mut().kad.store_mut();
+        let mut stored = 0u32;
+        for text in &announcement.keys {
+            // Only well-formed keys: a peer cannot fill the store with junk.
+            let Ok(key) = text.parse::<Key>() else { continue };
+            let record = ProviderRecord {
+                key: record_key(&key),
+                provider: peer,
+                expires: Some(expires),
+                addresses: addrs.clone(),
+            };
+            stored += u32::from(store.add_provider(record).is_ok());
+        }
+        if swarm.behaviour_mut().announce.send_response(channel, Stored { stored }).is_err() {
+            tracing::debug!(%peer, "the announcing peer left before the answer");
+        }
+    }
+}
+
+/// Every peer of the routing table, if the table holds the whole network as
+/// far as this node can tell: no bucket full, no candidate waiting for room.
+fn whole_network(swarm: &mut Swarm<Behaviour>) -> Option<Vec<KBucketKey<PeerId>>> {
+    let mut peers = Vec::new();
+    for bucket in swarm.behaviour_mut().kad.kbuckets() {
+        if bucket.num_entries() >= KBUCKET_SIZE || bucket.has_pending() {
+            return None;
+        }
+        peers.extend(bucket.iter().map(|entry| *entry.node.key));
+    }
+    Some(peers)
+}
+
+/// For each key, its `K_VALUE` closest peers; grouped by peer.
+fn closest_peers<'k>(
+    peers: &[KBucketKey<PeerId>],
+    keys: impl Iterator<Item = &'k Key>,
+) -> HashMap<PeerId, Vec<String>> {
+    let mut per_peer: HashMap<PeerId, Vec<String>> = HashMap::new();
+    let k = K_VALUE.get();
+    let mut by_distance = Vec::with_capacity(peers.len());
+    for key in keys {
+        let target = KBucketKey::new(record_key(key));
+        by_distance.clear();
+        by_distance.extend(peers.iter().map(|p| (p.distance(&target), *p.preimage())));
+        if by_distance.len() > k {
+            by_distance.select_nth_unstable_by_key(k - 1, |(distance, _)| *distance);
+            by_distance.truncate(k);
+        }
+        let text = key.to_string();
+        for (_, peer) in &by_distance {
+            per_peer.entry(*peer).or_default().push(text.clone());
+        }
+    }
+    per_peer
+}
+
+pub(super) fn record_key(key: &Key) -> RecordKey {
+    RecordKey::new(&key.to_bytes())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::oci::Digest;
+
+    #[test]
+    fn each_key_goes_to_its_k_closest_peers() {
+        let peers: Vec<KBucketKey<PeerId>> = (0..50).map(|_| KBucketKey::from(PeerId::random())).collect();
+        let keys: Vec<Key> = (0..20).map(|i| Key::Digest(Digest::of(&[i]))).collect();
+        let per_peer = closest_peers(&peers, keys.iter());
+        let total: usize = per_peer.values().map(Vec::len).sum();
+        assert_eq!(total, keys.len() * K_VALUE.get());
+        for key in &keys {
+            let target = KBucketKey::new(record_key(key));
+            let mut all: Vec<_> = peers.iter().map(|p| (p.distance(&target), *p.preimage())).collect();
+            all.sort();
+            let text = key.to_string();
+            for (rank, (_, peer)) in all.iter().enumerate() {
+                let chosen = per_peer.get(peer).is_some_and(|keys| keys.contains(&text));
+                assert_eq!(chosen, rank < K_VALUE.get(), "{key}: peer at rank {rank}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_small_network_gets_every_key_everywhere() {
+        let peers: Vec<KBucketKey<PeerId>> = (0..5).map(|_| KBucketKey::from(PeerId::random())).collect();
+        let keys: Vec<Key> = (0..3).map(|i| Key::Digest(Digest::of(&[i]))).collect();
+        let per_peer = closest_peers(&peers, keys.iter());
+        assert_eq!(per_peer.len(), 5);
+        assert!(per_peer.values().all(|keys| keys.len() == 3));
+    }
+}
