@@ -64,7 +64,11 @@ async fn h_a_deleted_image_is_withdrawn_and_its_holder_stops_being_chosen() -> R
         "node 1 counted {refused} not-found peer requests for {} digests",
         keys.len()
     );
-    ensure!(metrics.value("shoal_advertised_keys") == Some(0.0), "node 1 still advertises keys: {metrics:?}");
+    // The advertised-keys gauge is refreshed about once a second.
+    poll_until("node 1's advertised-keys gauge to reach 0", WITHDRAW_TIMEOUT, || async {
+        Ok((s.metrics(1).await?.value("shoal_advertised_keys") == Some(0.0)).then_some(()))
+    })
+    .await?;
 
     // Node 1's records are still alive: node 3 may try it, gets a 404, and moves on.
     let needed = image.host_platform()?.blob_bytes() as f64;
