@@ -57,6 +57,20 @@ pub enum FetchFailure {
 }
 
 impl FetchFailure {
+    /// Every reason, so each series can be exported at 0 from the start.
+    pub const ALL: [Self; 10] = [
+        Self::Connect,
+        Self::Transport,
+        Self::HeaderTimeout,
+        Self::Status,
+        Self::Busy,
+        Self::NotFound,
+        Self::Stall,
+        Self::Body,
+        Self::DigestMismatch,
+        Self::Spool,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",
@@ -72,6 +86,13 @@ impl FetchFailure {
         }
     }
 }
+
+/// Every request kind, for series exported at 0 from the start.
+const KINDS: [PathKind; 2] = [PathKind::Manifest, PathKind::Blob];
+/// The `result` values of `shoal_peer_requests_total`.
+const PEER_REQUEST_RESULTS: [&str; 3] = ["served", "not_found", "busy"];
+/// The `result` values of probes and replication pulls.
+const OK_FAILED: [&str; 2] = ["ok", "failed"];
 
 /// The most distinct `registry` label values kept; later ones become `other`.
 const MAX_REGISTRY_LABELS: usize = 64;
@@ -109,6 +130,30 @@ struct Inner {
     state: StateMetrics,
     /// Registry label values seen so far; a std mutex, never held across `.await`.
     registries: Mutex<HashSet<String>>,
+}
+
+impl Inner {
+    /// Creates every series whose label values come from a closed set, at 0,
+    /// so `rate()` and alert expressions have data before the first event.
+    /// Series with the open `registry` label, and replication's per-state
+    /// gauge (exported only while replication runs), are left alone.
+    fn export_closed_series(&self) {
+        for reason in FetchFailure::ALL {
+            self.fetch_failures.with_label_values(&[reason.as_str()]);
+        }
+        for kind in KINDS.map(PathKind::as_str) {
+            for result in PEER_REQUEST_RESULTS {
+                self.uploads.with_label_values(&[kind, result]);
+            }
+            self.upload_bytes.with_label_values(&[kind]);
+            self.fetch_duration.with_label_values(&[kind]);
+            self.http_in_flight.with_label_values(&[kind]);
+        }
+        for result in OK_FAILED {
+            self.peer_probes.with_label_values(&[result]);
+            self.replication_pulls.with_label_values(&[result]);
+        }
+    }
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -242,6 +287,7 @@ impl Metrics {
             state,
             registries: Mutex::new(HashSet::new()),
         };
+        inner.export_closed_series();
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -605,6 +651,46 @@ mod tests {
         exported.sort();
         assert_eq!(exported, before);
         assert_eq!(metrics.metric_names(), before);
+    }
+
+    /// Every closed-label series is exported at 0 by a fresh registry.
+    #[test]
+    fn closed_label_series_exist_at_zero_from_the_start() {
+        let text = Metrics::new().unwrap().encode().unwrap();
+        let mut expected: Vec<String> = FetchFailure::ALL
+            .iter()
+            .map(|r| format!(r#"shoal_peer_fetch_failures_total{{reason="{}"}} 0"#, r.as_str()))
+            .collect();
+        for kind in ["manifest", "blob"] {
+            for result in ["served", "not_found", "busy"] {
+                expected.push(format!(r#"shoal_peer_requests_total{{kind="{kind}",result="{result}"}} 0"#));
+            }
+            expected.push(format!(r#"shoal_peer_upload_bytes_total{{kind="{kind}"}} 0"#));
+            expected.push(format!(r#"shoal_peer_fetch_duration_seconds_count{{kind="{kind}"}} 0"#));
+            expected.push(format!(r#"shoal_peer_fetch_duration_seconds_bucket{{kind="{kind}",le="+Inf"}} 0"#));
+            expected.push(format!(r#"shoal_http_requests_in_flight{{kind="{kind}"}} 0"#));
+        }
+        for result in ["ok", "failed"] {
+            expected.push(format!(r#"shoal_peer_probes_total{{result="{result}"}} 0"#));
+            expected.push(format!(r#"shoal_replication_pulls_total{{result="{result}"}} 0"#));
+        }
+        let missing: Vec<&String> = expected.iter().filter(|line| !text.lines().any(|l| l == line.as_str())).collect();
+        assert!(missing.is_empty(), "missing {missing:?} in\n{text}");
+        assert!(!text.contains("shoal_requests_total{"), "open registry label pre-filled:\n{text}");
+        assert!(!text.contains("shoal_replication_images{"), "replication states exported while inactive");
+    }
+
+    /// Recording still adds to the pre-filled series rather than beside them.
+    #[test]
+    fn recording_moves_the_pre_filled_series() {
+        let metrics = Metrics::new().unwrap();
+        metrics.peer_fetch_failed(FetchFailure::DigestMismatch);
+        metrics.upload_busy(PathKind::Blob);
+        let text = metrics.encode().unwrap();
+        assert!(text.contains(r#"shoal_peer_fetch_failures_total{reason="digest_mismatch"} 1"#), "{text}");
+        assert!(text.contains(r#"shoal_peer_requests_total{kind="blob",result="busy"} 1"#), "{text}");
+        let failure_series = text.lines().filter(|l| l.starts_with("shoal_peer_fetch_failures_total{")).count();
+        assert_eq!(failure_series, FetchFailure::ALL.len());
     }
 
     #[test]

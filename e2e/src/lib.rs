@@ -9,6 +9,7 @@
 //! - [`image`]: deterministic OCI test images, pushed with skopeo or archived for import.
 //! - [`iptables`]: fault injection and per-node source addresses in chains of our own.
 //! - [`metrics`]: scraping and reading a Shoal node's Prometheus counters.
+//! - [`prometheus`]: a real Prometheus scraping the nodes, queried through its HTTP API.
 //! - [`shim`]: a corrupting proxy in front of a node's registry; [`probe`]: a bare DHT node that sees providers.
 //! - [`scenario`]: what the scenario tests share (a cluster, images, timed pulls, where bytes came from).
 //! - [`process`], [`wait`], [`http`]: process guards, bounded polling, a small HTTP client.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod node;
 pub mod probe;
 pub mod process;
+pub mod prometheus;
 pub mod registry;
 pub mod scenario;
 pub mod shim;

@@ -167,13 +167,8 @@ impl Scenario {
     /// layers) is in node `node`'s content store and hashes to its digest:
     /// containerd committed nothing corrupt.
     pub fn verify_content(&self, node: usize, image: &BuiltImage) -> Result<()> {
-        let dir = self.cluster.node(node)?.content_dir().join("blobs/sha256");
-        for digest in image.pulled_digests()? {
-            let hex = digest.strip_prefix("sha256:").context("digest without sha256: prefix")?;
-            let actual = sha256_file(&dir.join(hex)).with_context(|| format!("{digest} on node {node}"))?;
-            ensure!(actual == hex, "node {node} holds {digest} with content hashing to sha256:{actual}");
-        }
-        Ok(())
+        let content_dir = self.cluster.node(node)?.content_dir();
+        verify_content_in(&content_dir, image).with_context(|| format!("content of node {node}"))
     }
 
     /// Tears the cluster down and fails if anything was left behind.
@@ -186,6 +181,19 @@ impl Scenario {
 pub fn ensure_within(elapsed: Duration, bound: Duration, what: &str) -> Result<()> {
     if elapsed >= bound {
         bail!("{what} took {:.1} s, over the bound of {:.0} s", elapsed.as_secs_f64(), bound.as_secs_f64());
+    }
+    Ok(())
+}
+
+/// Every blob a pull of `image` fetches is in the containerd content store
+/// at `content_dir` and hashes to its digest (usable without a [`Scenario`],
+/// e.g. from a task that only holds the node's paths).
+pub fn verify_content_in(content_dir: &Path, image: &BuiltImage) -> Result<()> {
+    let dir = content_dir.join("blobs/sha256");
+    for digest in image.pulled_digests()? {
+        let hex = digest.strip_prefix("sha256:").context("digest without sha256: prefix")?;
+        let actual = sha256_file(&dir.join(hex)).with_context(|| format!("read {digest}"))?;
+        ensure!(actual == hex, "{digest} is held with content hashing to sha256:{actual}");
     }
     Ok(())
 }

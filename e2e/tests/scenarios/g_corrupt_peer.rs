@@ -45,7 +45,8 @@ async fn g_a_corrupt_peer_never_gets_a_corrupt_byte_into_containerd() -> Result<
     let corrupted_before = shim.corrupted();
     images.pull_only_from_upstream(&mut s, &["digest_mismatch"], BOUND).await?;
     let corrupted_only = shim.corrupted() - corrupted_before;
-    ensure!(corrupted_only >= 1, "the shim corrupted nothing: node 3 never fetched from node 2");
+    // Once caught, the corrupt peer may be excluded before the second pull tries it.
+    ensure!(corrupted_shared + corrupted_only >= 1, "the shim corrupted nothing: node 3 never fetched from node 2");
     eprintln!("[scenario g] the shim corrupted {corrupted_only} blob bodies; containerd committed none of them");
     drop(shim);
     s.finish().await
