@@ -83,6 +83,7 @@ pub enum StartMode {
 }
 
 impl StartMode {
+    /// The `mode` label of `shoal_state_start_mode` (one of `metrics::START_MODES`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Cold => "cold",
