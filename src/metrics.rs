@@ -389,10 +389,11 @@ impl Metrics {
         self.inner.state.write_failures.inc();
     }
 
-    /// How this run started (`cold`, `fresh`, `rebuilt`, `recovered`): that series is 1.
-    pub fn set_state_start(&self, mode: &'static str) {
-        self.inner.state.start_mode.reset();
-        self.inner.state.start_mode.with_label_values(&[mode]).set(1);
+    /// How this run started (one of [`START_MODES`]): that series is 1, the others 0.
+    pub fn set_state_start(&self, mode: &str) {
+        for known in START_MODES {
+            self.inner.state.start_mode.with_label_values(&[known]).set(i64::from(known == mode));
+        }
     }
 
     pub fn set_connected_peers(&self, n: usize) {
@@ -543,6 +544,9 @@ impl AdvertiseMetrics {
     }
 }
 
+/// The `mode` values of `shoal_state_start_mode` (see `state::StartMode`).
+pub const START_MODES: [&str; 4] = ["cold", "fresh", "rebuilt", "recovered"];
+
 /// The state file's metrics.
 struct StateMetrics {
     write_duration: Histogram,
@@ -575,6 +579,10 @@ impl StateMetrics {
         registry.register(Box::new(metrics.write_failures.clone()))?;
         registry.register(Box::new(metrics.start_mode.clone()))?;
         registry.register(Box::new(metrics.saved_peers.clone()))?;
+        // A closed label: every mode is exported from the start, at 0 until the state is opened.
+        for mode in START_MODES {
+            metrics.start_mode.with_label_values(&[mode]);
+        }
         Ok(metrics)
     }
 
@@ -678,6 +686,9 @@ mod tests {
         assert!(missing.is_empty(), "missing {missing:?} in\n{text}");
         assert!(!text.contains("shoal_requests_total{"), "open registry label pre-filled:\n{text}");
         assert!(!text.contains("shoal_replication_images{"), "replication states exported while inactive");
+        for mode in START_MODES {
+            assert!(text.contains(&format!(r#"shoal_state_start_mode{{mode="{mode}"}} 0"#)), "{mode}");
+        }
     }
 
     /// Recording still adds to the pre-filled series rather than beside them.

@@ -5,7 +5,7 @@
 //! Owns: opening the file at start-up and reading it whole, and the writes
 //! that keep it current (one transaction per applied change, durable when
 //! the call returns). A restarted node uses what was read to recover at once
-//! (see `docs/ARCHITECTURE.md`, "Recovery").
+//! (see `docs/ARCHITECTURE.md`, "Start-up, recovery and shutdown").
 //!
 //! Never refuses to start because of the file: a corrupt or incompatible file
 //! is set aside with a warning and the state is rebuilt from containerd; if
@@ -83,6 +83,7 @@ pub enum StartMode {
 }
 
 impl StartMode {
+    /// The `mode` label of `shoal_state_start_mode` (one of `metrics::START_MODES`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Cold => "cold",

@@ -199,3 +199,10 @@ async fn a_file_in_use_by_another_handle_is_a_clear_error() {
     assert!(matches!(err, Error::InUse { .. }), "{err}");
     assert!(err.to_string().contains("--data-dir"), "{err}");
 }
+
+#[test]
+fn every_start_mode_is_a_metric_label_value() {
+    for mode in [StartMode::Cold, StartMode::Fresh, StartMode::Rebuilt, StartMode::Recovered] {
+        assert!(crate::metrics::START_MODES.contains(&mode.as_str()), "{mode:?}");
+    }
+}

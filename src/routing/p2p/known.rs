@@ -38,7 +38,7 @@ fn listed(swarm: &mut Swarm<Behaviour>, rule: EndpointRule) -> Vec<KnownPeer> {
     let mut peers = Vec::new();
     for bucket in swarm.behaviour_mut().kad.kbuckets() {
         for entry in bucket.iter() {
-            let addrs: Vec<SocketAddr> = entry
+            let mut addrs: Vec<SocketAddr> = entry
                 .node
                 .value
                 .iter()
@@ -46,6 +46,9 @@ fn listed(swarm: &mut Swarm<Behaviour>, rule: EndpointRule) -> Vec<KnownPeer> {
                 .filter_map(tcp_socket_addr)
                 .take(MAX_ADDRS_PER_PEER)
                 .collect();
+            // Sorted, so that an unchanged table compares equal (the peer store saves on change).
+            addrs.sort_unstable();
+            addrs.dedup();
             if !addrs.is_empty() {
                 peers.push(KnownPeer { name: PeerName::new(entry.node.key.preimage().to_string()), addrs });
             }
