@@ -4,9 +4,12 @@
 
 #[path = "support/images.rs"]
 mod images;
+#[path = "support/wait.rs"]
+mod wait;
 
 use std::sync::Arc;
 use std::time::Duration;
+use wait::eventually;
 
 use images::{add_image, layer_bytes};
 use shoal::advertiser::{Advertiser, AdvertiserConfig};
@@ -20,9 +23,6 @@ use shoal::routing::{Peer, PeerName, Router};
 use shoal::state::State;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// Bound on waiting for the advertiser to catch up.
-const WAIT: Duration = Duration::from_secs(10);
 
 struct Running {
     store: MemoryStore,
@@ -54,17 +54,6 @@ fn start(store: MemoryStore, readvertise_interval: Duration) -> Running {
     tokio::spawn(async move { watched.watch(tx).await });
     tokio::spawn(advertiser.run(rx, token.clone()));
     Running { store, network, router, health, token }
-}
-
-/// Polls until `condition` holds, failing after `WAIT`.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
 }
 
 fn provided(network: &MemoryNetwork, key: &Key) -> bool {

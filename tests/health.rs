@@ -9,24 +9,23 @@ mod fake_peer;
 mod images;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/wait.rs"]
+mod wait;
 
 use std::time::Duration;
+use wait::eventually;
 
 use fake_peer::{advertise, dead_endpoint};
 use http::StatusCode;
 use images::{TestImage, add_image, layer_bytes};
-use node::{TestNode, get};
+use node::{TestNode, blob_path, get};
 use shoal::mirror::{ExclusionReason, PeerStatus};
-use shoal::oci::{Digest, Key};
+use shoal::oci::Key;
 use shoal::routing::PeerName;
 use shoal::routing::memory::MemoryNetwork;
 use tokio::time::Instant;
 
 const IMAGE: &str = "registry.test/team/app:v1";
-
-fn blob_path(digest: &Digest) -> String {
-    format!("/v2/team/app/blobs/{digest}?ns=registry.test")
-}
 
 async fn holder(network: &MemoryNetwork, name: &str) -> (TestNode, TestImage) {
     let node = TestNode::start(network, name).await;
@@ -37,15 +36,6 @@ async fn holder(network: &MemoryNetwork, name: &str) -> (TestNode, TestImage) {
 
 fn status_of(node: &TestNode, peer: &str) -> Option<PeerStatus> {
     node.mirror.scores().snapshot().into_iter().find(|s| s.peer == peer)
-}
-
-/// Polls `condition` every 10 ms until it holds, failing after 10 s.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}: not within 10 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]

@@ -4,9 +4,12 @@
 //! round trips for the peers that stay. Every wait is a polled condition.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/wait.rs"]
+mod wait;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use wait::eventually_within;
 
 use shoal::metrics::Metrics;
 use shoal::mirror::{ExclusionReason, HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
@@ -42,14 +45,6 @@ fn free_port(ip: Ipv4Addr) -> u16 {
     std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
 
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}: not within {SETTLE:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_is_excluded_by_the_others_as_its_connection_closes() {
     let port = free_port(Ipv4Addr::new(127, 0, 5, 1));
@@ -70,17 +65,18 @@ async fn a_stopped_node_is_excluded_by_the_others_as_its_connection_closes() {
     let mirror = Mirror::new(Arc::new(a.router.clone()), scores.clone(), Metrics::new().unwrap(), config);
     tokio::spawn(mirror.probe_excluded(a.token.clone()));
     let links = a.router.links();
-    eventually("A is connected to B and C, with their endpoints", || {
+    eventually_within("A is connected to B and C, with their endpoints", SETTLE, || {
         [&b.name, &c.name].iter().all(|name| links.get(name).is_some_and(|l| l.connected && l.endpoint.is_some()))
     })
     .await;
     let c_link = links.get(&c.name).unwrap();
     assert_eq!(c_link.endpoint, Some(SocketAddr::from((Ipv4Addr::new(127, 0, 5, 3), registry_port))));
-    eventually("pings report B's round trip", || links.get(&b.name).is_some_and(|l| l.rtt.is_some())).await;
+    eventually_within("pings report B's round trip", SETTLE, || links.get(&b.name).is_some_and(|l| l.rtt.is_some()))
+        .await;
 
     c.token.cancel();
     let stopped = Instant::now();
-    eventually("A excludes C", || scores.is_excluded(&c.name)).await;
+    eventually_within("A excludes C", SETTLE, || scores.is_excluded(&c.name)).await;
     let excluded_after = stopped.elapsed();
     c.tracker.close();
     c.tracker.wait().await;
@@ -88,7 +84,7 @@ async fn a_stopped_node_is_excluded_by_the_others_as_its_connection_closes() {
     let status = mirror.scores().snapshot().into_iter().find(|s| s.peer == c.name.to_string()).unwrap();
     assert_eq!(status.reason, Some(ExclusionReason::Disconnected));
     assert!(!scores.is_excluded(&b.name), "B stays in selection");
-    eventually("C's probes fail: nothing answers at its registry", || {
+    eventually_within("C's probes fail: nothing answers at its registry", SETTLE, || {
         mirror.scores().snapshot().iter().any(|s| s.peer == c.name.to_string() && s.failed_probes >= 1)
     })
     .await;

@@ -11,23 +11,20 @@ mod images;
 mod node;
 #[path = "support/scripted_peer.rs"]
 mod scripted_peer;
+#[path = "support/wait.rs"]
+mod wait;
 
-use std::time::Duration;
+use wait::eventually;
 
 use bytes::Bytes;
 use fake_peer::advertise;
 use http::StatusCode;
 use images::layer_bytes;
-use node::{NodeOptions, TestNode, get};
+use node::{NodeOptions, TestNode, blob_path, get};
 use scripted_peer::{Reply, Script, scripted_peer};
 use shoal::mirror::HedgePolicy;
 use shoal::oci::{Digest, Key};
 use shoal::routing::memory::MemoryNetwork;
-use tokio::time::Instant;
-
-fn blob_path(digest: &Digest) -> String {
-    format!("/v2/team/app/blobs/{digest}?ns=registry.test")
-}
 
 /// `names` as scripted peers of one blob, all following `replies`.
 async fn scripted(network: &MemoryNetwork, names: &[&str], blob: &Bytes, replies: &[Reply]) -> std::sync::Arc<Script> {
@@ -37,15 +34,6 @@ async fn scripted(network: &MemoryNetwork, names: &[&str], blob: &Bytes, replies
         advertise(network, name, endpoint, &[Key::Digest(Digest::of(blob))]).await;
     }
     script
-}
-
-/// Polls `condition` every 10 ms until it holds, failing after 10 s.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}: not within 10 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]

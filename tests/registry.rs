@@ -13,17 +13,13 @@ use bytes::Bytes;
 use fake_peer::{Behaviour, advertise, dead_endpoint, hung_endpoint, misbehaving_endpoint};
 use http::{Method, StatusCode};
 use images::{TestImage, add_image, layer_bytes};
-use node::{NodeOptions, TestNode, get, request};
+use node::{NodeOptions, TestNode, blob_path, get, request};
 use shoal::mirror::MIRRORED_HEADER;
 use shoal::oci::{Digest, Key, MediaType};
 use shoal::routing::memory::MemoryNetwork;
 
 const NS: &str = "ns=registry.test";
 const IMAGE: &str = "registry.test/team/app:v1";
-
-fn blob_path(digest: &Digest) -> String {
-    format!("/v2/team/app/blobs/{digest}?{NS}")
-}
 
 fn manifest_path(reference: &str) -> String {
     format!("/v2/team/app/manifests/{reference}?{NS}")

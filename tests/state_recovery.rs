@@ -8,6 +8,8 @@
 
 #[path = "support/images.rs"]
 mod images;
+#[path = "support/wait.rs"]
+mod wait;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,7 @@ use shoal::state::{StartMode, State};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wait::eventually_within;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -153,16 +156,6 @@ impl Run {
     }
 }
 
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
-}
-
 /// A store with images X and Y, advertised and persisted by a first run.
 async fn first_run(dir: &std::path::Path) -> (MemoryStore, TestImage, TestImage) {
     let store = MemoryStore::new();
@@ -173,7 +166,7 @@ async fn first_run(dir: &std::path::Path) -> (MemoryStore, TestImage, TestImage)
     assert_eq!(run.mode, StartMode::Fresh);
     run.connect().await;
     let want = keys_of(&[&x, &y]);
-    eventually("the first run advertises X and Y", || router.provided() == want).await;
+    eventually_within("the first run advertises X and Y", WAIT, || router.provided() == want).await;
     run.stop().await;
     (store, x, y)
 }
@@ -190,11 +183,14 @@ async fn persisted_keys_are_announced_once_and_changes_made_while_down_are_recon
     let run = Run::start(dir.path(), &store, &router);
     assert_eq!(run.mode, StartMode::Recovered);
     let persisted = keys_of(&[&x, &y]);
-    eventually("the persisted keys are re-advertised before any rescan", || router.provided() == persisted).await;
+    eventually_within("the persisted keys are re-advertised before any rescan", WAIT, || {
+        router.provided() == persisted
+    })
+    .await;
 
     run.connect().await;
     let want = keys_of(&[&y, &z]);
-    eventually("X is withdrawn and Z advertised", || router.provided() == want).await;
+    eventually_within("X is withdrawn and Z advertised", WAIT, || router.provided() == want).await;
     let counts = router.counts();
     assert!(counts.values().all(|n| *n == 1), "nothing is announced twice: {counts:?}");
     let announced: BTreeSet<Key> = counts.into_keys().collect();
@@ -225,7 +221,7 @@ async fn an_interrupted_reconcile_is_finished_by_the_next_run() {
     // The index is persisted before keys reach the pipeline: once a key of Z
     // was offered to the router, the reconcile is in the state file.
     let z_manifest = Key::Digest(z.manifest);
-    eventually("the interrupted run reached the reconcile", || stuck.attempted(&z_manifest)).await;
+    eventually_within("the interrupted run reached the reconcile", WAIT, || stuck.attempted(&z_manifest)).await;
     run.stop().await;
     assert!(stuck.provided().is_empty(), "nothing was announced by the interrupted run");
     assert_eq!(persisted_names(dir.path()), BTreeSet::from(reconciled.clone()), "but its reconcile was persisted");
@@ -234,9 +230,9 @@ async fn an_interrupted_reconcile_is_finished_by_the_next_run() {
     let router = CountingRouter::new(&MemoryNetwork::new());
     let run = Run::start(dir.path(), &store, &router);
     let want = keys_of(&[&y, &z]);
-    eventually("the next run re-advertises Y and Z from the state", || router.provided() == want).await;
+    eventually_within("the next run re-advertises Y and Z from the state", WAIT, || router.provided() == want).await;
     run.connect().await;
-    eventually("its rescan is persisted", || run.state_writes() >= 1).await;
+    eventually_within("its rescan is persisted", WAIT, || run.state_writes() >= 1).await;
     assert_eq!(router.provided(), want, "and changed nothing");
     run.stop().await;
     let counts = router.counts();

@@ -13,24 +13,21 @@ mod fake_peer;
 mod images;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/wait.rs"]
+mod wait;
 
-use std::time::Duration;
+use wait::eventually;
 
 use http::StatusCode;
 use images::{TestImage, add_image, layer_bytes};
-use node::{NodeOptions, TestNode, get, request};
+use node::{NodeOptions, TestNode, blob_path, get, request};
 use shoal::mirror::MIRRORED_HEADER;
 use shoal::oci::Digest;
 use shoal::registry::UploadLimits;
 use shoal::routing::memory::MemoryNetwork;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 const IMAGE: &str = "registry.test/team/app:v1";
-
-fn blob_path(digest: &Digest) -> String {
-    format!("/v2/team/app/blobs/{digest}?ns=registry.test")
-}
 
 /// A node holding the image that uploads to one peer at a time, at 1 B/s.
 async fn saturable_holder(network: &MemoryNetwork, name: &str) -> (TestNode, TestImage) {
@@ -39,15 +36,6 @@ async fn saturable_holder(network: &MemoryNetwork, name: &str) -> (TestNode, Tes
     let image = add_image(&node.store, IMAGE, &[layer_bytes(1, 1_000_000)]);
     node.sync().await;
     (node, image)
-}
-
-/// Polls `condition` every 10 ms until it holds, failing after 10 s.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}: not within 10 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Starts a peer's upload of `digest` from `node` and keeps it open.

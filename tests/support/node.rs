@@ -139,6 +139,11 @@ impl Drop for TestNode {
     }
 }
 
+/// The path of a blob of the test repository `team/app` on `registry.test`.
+pub fn blob_path(digest: &shoal::oci::Digest) -> String {
+    format!("/v2/team/app/blobs/{digest}?ns=registry.test")
+}
+
 /// A response read whole.
 pub struct Reply {
     pub status: StatusCode,
