@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub bootstrap_dns: Option<String>,
     pub registry: RegistryConfig,
     pub resolve_timeout: Duration,
+    /// How long a request waits for another provider once all found are unusable.
+    pub lookup_patience: Duration,
     pub peer_timeouts: PeerTimeouts,
     pub max_peer_attempts: usize,
     pub hedge: HedgePolicy,
@@ -155,6 +157,7 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         timeouts: config.peer_timeouts,
         max_attempts: config.max_peer_attempts,
         lookup_limit: LOOKUP_LIMIT,
+        lookup_patience: config.lookup_patience,
         spool_dir,
         hedge: config.hedge,
     };

@@ -125,12 +125,18 @@ pub struct RunArgs {
     /// Longest a provider lookup may take.
     #[arg(long, env = "SHOAL_RESOLVE_TIMEOUT", default_value = "3s", value_parser = duration)]
     pub resolve_timeout: Duration,
+    /// When every provider found so far has failed or is excluded, how long to wait for another before answering 404.
+    #[arg(long, env = "SHOAL_LOOKUP_PATIENCE", default_value = "300ms", value_parser = duration)]
+    pub lookup_patience: Duration,
     /// Longest a TCP connect to a peer may take.
-    #[arg(long, env = "SHOAL_PEER_CONNECT_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    #[arg(long, env = "SHOAL_PEER_CONNECT_TIMEOUT", default_value = "250ms", value_parser = duration)]
     pub peer_connect_timeout: Duration,
     /// Longest a peer may take to send response headers.
     #[arg(long, env = "SHOAL_PEER_HEADER_TIMEOUT", default_value = "2s", value_parser = duration)]
     pub peer_header_timeout: Duration,
+    /// Shortest header timeout: with enough history a peer gets 4x the 99th percentile of recent times to headers, between this and --peer-header-timeout.
+    #[arg(long, env = "SHOAL_PEER_HEADER_TIMEOUT_FLOOR", default_value = "250ms", value_parser = duration)]
+    pub peer_header_timeout_floor: Duration,
     /// Longest a peer's response body may stall before the next peer takes over.
     #[arg(long, env = "SHOAL_PEER_STALL_TIMEOUT", default_value = "3s", value_parser = duration)]
     pub peer_stall_timeout: Duration,
@@ -258,8 +264,10 @@ impl RunArgs {
             peer_timeouts: PeerTimeouts {
                 connect: self.peer_connect_timeout,
                 headers: self.peer_header_timeout,
+                headers_floor: self.peer_header_timeout_floor,
                 stall: self.peer_stall_timeout,
             },
+            lookup_patience: self.lookup_patience,
             max_peer_attempts: self.max_peer_attempts,
             hedge: HedgePolicy {
                 quantile: f64::from(self.hedge_percentile) / 100.0,

@@ -9,11 +9,11 @@ mod wait;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use wait::eventually_within;
+use wait::{eventually_async, eventually_within};
 
 use shoal::metrics::Metrics;
 use shoal::mirror::{ExclusionReason, HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
-use shoal::routing::p2p::{self, BootstrapPeer, Identity, P2pConfig, P2pRouter};
+use shoal::routing::p2p::{self, BootstrapPeer, Identity, KnownPeer, P2pConfig, P2pRouter};
 use shoal::routing::{PeerName, Router};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +58,7 @@ async fn a_stopped_node_is_excluded_by_the_others_as_its_connection_closes() {
         timeouts: PeerTimeouts::default(),
         max_attempts: 4,
         lookup_limit: 20,
+        lookup_patience: Duration::from_millis(300),
         spool_dir: spool.path().to_path_buf(),
         hedge: HedgePolicy::default(),
     };
@@ -89,6 +90,38 @@ async fn a_stopped_node_is_excluded_by_the_others_as_its_connection_closes() {
     })
     .await;
     println!("a stopped node was excluded by its peers {excluded_after:?} after it stopped");
+    for node in [&a, &b] {
+        node.token.cancel();
+    }
+}
+
+async fn knows(router: &P2pRouter, peer: &PeerName) -> bool {
+    router.known_peers().await.unwrap().iter().any(|known| known.name == *peer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresponsive_peer_leaves_routing_until_it_recovers() {
+    let port = free_port(Ipv4Addr::new(127, 0, 5, 1));
+    let registry_port = free_port(Ipv4Addr::new(127, 0, 5, 1));
+    let a = start(1, port, registry_port, None).await;
+    // No bootstrap on either side: A dials B once, so nothing but recovery redials it.
+    let b = start(2, port, registry_port, None).await;
+    let b_addr = SocketAddr::from((Ipv4Addr::new(127, 0, 5, 2), port));
+    a.router.dial_known(vec![KnownPeer { name: b.name.clone(), addrs: vec![b_addr] }]).await.unwrap();
+    let links = a.router.links();
+    eventually_within("A is connected to B and knows it", SETTLE, || {
+        links.get(&b.name).is_some_and(|l| l.connected && l.endpoint.is_some())
+    })
+    .await;
+    assert!(knows(&a.router, &b.name).await);
+
+    a.router.peer_unresponsive(&b.name);
+    eventually_within("A drops its connection to B", SETTLE, || links.get(&b.name).is_some_and(|l| !l.connected)).await;
+    assert!(!knows(&a.router, &b.name).await, "B left A's routing table: no query waits on it");
+
+    a.router.peer_recovered(&b.name);
+    eventually_within("A reconnects to B", SETTLE, || links.get(&b.name).is_some_and(|l| l.connected)).await;
+    eventually_async("B is back in A's routing table", SETTLE, || knows(&a.router, &b.name)).await;
     for node in [&a, &b] {
         node.token.cancel();
     }

@@ -25,7 +25,7 @@ pub(super) struct Attempts<'a> {
 impl<'a> Attempts<'a> {
     pub(super) fn new(inner: &'a Inner, key: Key, kind: PathKind) -> Self {
         let providers = inner.router.lookup(&key, inner.config.lookup_limit);
-        let candidates = Candidates::new(providers, &inner.scores);
+        let candidates = Candidates::new(providers, &inner.scores, inner.config.lookup_patience);
         Self { inner, candidates, key, kind, tried: 0, resolve_recorded: false }
     }
 
@@ -36,6 +36,11 @@ impl<'a> Attempts<'a> {
             self.inner.metrics.set_hedge_deadline(deadline);
         }
         deadline
+    }
+
+    /// How long each attempt of this request's next race may wait for headers.
+    pub(super) fn header_timeout(&self) -> Duration {
+        self.inner.hedge.header_timeout()
     }
 
     /// Headers arrived: feeds the hedge window.
@@ -51,6 +56,17 @@ impl<'a> Attempts<'a> {
         let elapsed = winner.started.elapsed();
         self.inner.scores.record_success(&winner.peer, bytes, elapsed, Some(winner.latency));
         self.inner.metrics.observe_peer_fetch(self.kind, elapsed);
+    }
+
+    /// Records `outcome` in peer health; a peer it excludes is also taken
+    /// out of routing, so no lookup waits on it either.
+    fn record(&self, peer: &Peer, outcome: Outcome) {
+        let scores = &self.inner.scores;
+        let was_excluded = scores.is_excluded(&peer.name);
+        scores.record(peer, outcome);
+        if !was_excluded && scores.is_excluded(&peer.name) {
+            self.inner.router.peer_unresponsive(&peer.name);
+        }
     }
 
     pub(super) fn miss(&self) -> Miss {
@@ -82,7 +98,7 @@ impl AttemptSource for Attempts<'_> {
         tracing::debug!(peer = %peer.name, endpoint = %peer.endpoint, key = %self.key, %error, "peer attempt failed");
         self.inner.metrics.peer_fetch_failed(error.reason());
         if let Some(outcome) = error.health_outcome() {
-            self.inner.scores.record(peer, outcome);
+            self.record(peer, outcome);
         }
     }
 
@@ -92,6 +108,6 @@ impl AttemptSource for Attempts<'_> {
 
     fn outrun(&mut self, peer: &Peer, silent_for: Duration) {
         tracing::debug!(peer = %peer.name, key = %self.key, ?silent_for, "peer outrun by a hedge");
-        self.inner.scores.record(peer, Outcome::Failed);
+        self.record(peer, Outcome::Failed);
     }
 }

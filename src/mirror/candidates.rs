@@ -1,9 +1,14 @@
 //! The providers of one key, as the router streams them in, and which of
 //! them this request has already tried. Excluded peers are never handed
-//! out: when every provider found is excluded or tried, the request waits
-//! for the router only while it may still find more.
+//! out. When every provider found is excluded or tried, the request waits
+//! for the router only a short patience after the last provider arrived:
+//! the router's first answers carry nearly all providers (every record
+//! holder stores the same set), so a lookup still running by then is
+//! waiting on slow or dead nodes, not about to find a healthy provider.
 
 use std::collections::HashSet;
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use futures::stream::BoxStream;
@@ -20,20 +25,25 @@ pub struct Candidates<'a> {
     tried: HashSet<PeerName>,
     exhausted: bool,
     scores: &'a PeerScores,
+    patience: Duration,
     started: Instant,
+    /// When the latest new provider arrived.
+    last_found: Option<Instant>,
     /// How long the first provider took to arrive, once it has.
     pub first_found: Option<std::time::Duration>,
 }
 
 impl<'a> Candidates<'a> {
-    pub fn new(providers: BoxStream<'static, Peer>, scores: &'a PeerScores) -> Self {
+    pub fn new(providers: BoxStream<'static, Peer>, scores: &'a PeerScores, patience: Duration) -> Self {
         Self {
             providers,
             found: Vec::new(),
             tried: HashSet::new(),
             exhausted: false,
             scores,
+            patience,
             started: Instant::now(),
+            last_found: None,
             first_found: None,
         }
     }
@@ -51,10 +61,20 @@ impl<'a> Candidates<'a> {
             if self.exhausted {
                 return None;
             }
-            match self.providers.next().await {
+            match self.wait_for_provider().await {
                 Some(peer) => self.add(peer),
                 None => self.exhausted = true,
             }
+        }
+    }
+
+    /// The router's next provider: waited for as long as the router searches
+    /// while none is known, and until `patience` after the latest arrival
+    /// once some are (and all of them are unusable).
+    async fn wait_for_provider(&mut self) -> Option<Peer> {
+        match self.last_found {
+            None => self.providers.next().await,
+            Some(at) => tokio::time::timeout_at(at + self.patience, self.providers.next()).await.ok().flatten(),
         }
     }
 
@@ -76,6 +96,7 @@ impl<'a> Candidates<'a> {
         if !self.found.iter().any(|p| p.name == peer.name) {
             self.scores.observe(&peer);
             self.found.push(peer);
+            self.last_found = Some(Instant::now());
         }
     }
 }
@@ -83,6 +104,8 @@ impl<'a> Candidates<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PATIENCE: Duration = Duration::from_millis(300);
 
     fn peer(i: u8) -> Peer {
         Peer { name: PeerName::new(format!("p{i}")), endpoint: ([127, 0, 0, i], 5000).into() }
@@ -92,7 +115,7 @@ mod tests {
     async fn every_provider_is_tried_once_then_none() {
         let scores = PeerScores::new();
         let stream = futures::stream::iter(vec![peer(1), peer(2), peer(1), peer(3)]).boxed();
-        let mut candidates = Candidates::new(stream, &scores);
+        let mut candidates = Candidates::new(stream, &scores, PATIENCE);
         let mut seen = Vec::new();
         while let Some(p) = candidates.next().await {
             seen.push(p.name.to_string());
@@ -107,7 +130,7 @@ mod tests {
         let scores = PeerScores::new();
         let (tx, rx) = futures::channel::mpsc::unbounded();
         tx.unbounded_send(peer(1)).ok();
-        let mut candidates = Candidates::new(rx.boxed(), &scores);
+        let mut candidates = Candidates::new(rx.boxed(), &scores, PATIENCE);
         assert_eq!(candidates.next().await.map(|p| p.name), Some(peer(1).name));
         tx.unbounded_send(peer(2)).ok();
         drop(tx);
@@ -115,12 +138,38 @@ mod tests {
         assert_eq!(candidates.next().await, None);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn with_every_provider_unusable_the_router_is_waited_for_only_the_patience() {
+        let scores = PeerScores::new();
+        scores.record(&peer(1), crate::mirror::health::Outcome::Unreachable);
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(peer(1)).ok();
+        let mut candidates = Candidates::new(rx.boxed(), &scores, PATIENCE);
+        let started = Instant::now();
+        assert_eq!(candidates.next().await, None, "the router still searches, but only the excluded peer is known");
+        assert_eq!(started.elapsed(), PATIENCE);
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_provider_yet_the_router_is_waited_for_however_long_it_takes() {
+        let scores = PeerScores::new();
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let mut candidates = Candidates::new(rx.boxed(), &scores, PATIENCE);
+        let late = async {
+            tokio::time::sleep(PATIENCE * 5).await;
+            tx.unbounded_send(peer(2)).ok();
+        };
+        let (next, ()) = tokio::join!(candidates.next(), late);
+        assert_eq!(next.map(|p| p.name), Some(peer(2).name));
+    }
+
     #[tokio::test]
     async fn excluded_providers_are_skipped() {
         let scores = PeerScores::new();
         scores.record(&peer(1), crate::mirror::health::Outcome::Unreachable);
         let stream = futures::stream::iter(vec![peer(1), peer(2)]).boxed();
-        let mut candidates = Candidates::new(stream, &scores);
+        let mut candidates = Candidates::new(stream, &scores, PATIENCE);
         assert_eq!(candidates.next().await.map(|p| p.name), Some(peer(2).name));
         assert_eq!(candidates.next().await, None);
     }

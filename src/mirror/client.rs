@@ -32,13 +32,22 @@ pub const MIRRORED_HEADER: &str = "shoal-mirrored";
 #[derive(Debug, Clone, Copy)]
 pub struct PeerTimeouts {
     pub connect: Duration,
+    /// The longest wait for response headers.
     pub headers: Duration,
+    /// The shortest: once peers have answered, the header timeout adapts
+    /// to how fast they do (see `hedge`), down to this.
+    pub headers_floor: Duration,
     pub stall: Duration,
 }
 
 impl Default for PeerTimeouts {
     fn default() -> Self {
-        Self { connect: Duration::from_millis(500), headers: Duration::from_secs(2), stall: Duration::from_secs(3) }
+        Self {
+            connect: Duration::from_millis(250),
+            headers: Duration::from_secs(2),
+            headers_floor: Duration::from_millis(250),
+            stall: Duration::from_secs(3),
+        }
     }
 }
 
@@ -89,14 +98,10 @@ impl FetchError {
     pub fn health_outcome(&self) -> Option<Outcome> {
         match self {
             Self::Connect(_) => Some(Outcome::Unreachable),
+            Self::HeaderTimeout(_) | Self::Stall(_) => Some(Outcome::Silent),
             Self::Busy { retry_after } => Some(Outcome::Busy { retry_after: *retry_after }),
             Self::NotFound | Self::Spool(_) => None,
-            Self::Transport(_)
-            | Self::HeaderTimeout(_)
-            | Self::Status(_)
-            | Self::Stall(_)
-            | Self::Body(_)
-            | Self::DigestMismatch => Some(Outcome::Failed),
+            Self::Transport(_) | Self::Status(_) | Self::Body(_) | Self::DigestMismatch => Some(Outcome::Failed),
         }
     }
 }
@@ -172,10 +177,19 @@ impl PeerClient {
     /// Sends `req` and waits for response headers. 2xx answers come back;
     /// 404 and every other status are errors.
     pub async fn send(&self, req: &PeerRequest<'_>) -> Result<PeerResponse, FetchError> {
+        self.send_within(req, self.timeouts.headers).await
+    }
+
+    /// [`Self::send`], waiting at most `header_timeout` for response headers.
+    pub async fn send_within(
+        &self,
+        req: &PeerRequest<'_>,
+        header_timeout: Duration,
+    ) -> Result<PeerResponse, FetchError> {
         let request = build_request(req)?;
-        let response = tokio::time::timeout(self.timeouts.headers, self.client.request(request))
+        let response = tokio::time::timeout(header_timeout, self.client.request(request))
             .await
-            .map_err(|_| FetchError::HeaderTimeout(self.timeouts.headers))?
+            .map_err(|_| FetchError::HeaderTimeout(header_timeout))?
             .map_err(|e| transport_error(&e))?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {

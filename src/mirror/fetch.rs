@@ -30,6 +30,7 @@ impl Mirror {
     /// Races peers for the response headers of `ask`.
     async fn ask(&self, attempts: &mut Attempts<'_>, ask: &Ask<'_>) -> Option<Won<PeerResponse>> {
         let hedge = attempts.hedge_after();
+        let header_timeout = attempts.header_timeout();
         let won = race(attempts, hedge, |peer: Peer| async move {
             let request = PeerRequest {
                 peer: &peer,
@@ -39,7 +40,7 @@ impl Mirror {
                 accept: ask.accept,
                 range: ask.range,
             };
-            self.inner.client.send(&request).await
+            self.inner.client.send_within(&request, header_timeout).await
         })
         .await?;
         attempts.won(&won.winner);

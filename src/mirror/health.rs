@@ -62,6 +62,9 @@ pub enum ExclusionReason {
     Unresponsive,
     /// A connection to its registry was refused or timed out.
     Unreachable,
+    /// It took a request and then sent nothing: no response headers within
+    /// the header timeout, or a body that stalled (a frozen process).
+    Silent,
     /// Several attempts in a row failed.
     Failing,
 }
@@ -78,7 +81,7 @@ impl ExclusionReason {
     fn first_probe_delay(self) -> Duration {
         match self {
             Self::Disconnected | Self::Unresponsive => Duration::ZERO,
-            Self::Unreachable | Self::Failing => FIRST_PROBE_BACKOFF,
+            Self::Unreachable | Self::Silent | Self::Failing => FIRST_PROBE_BACKOFF,
         }
     }
 }
@@ -99,6 +102,8 @@ pub struct Exclusion {
 pub enum Outcome {
     /// The peer could not be reached at all (refused, connect timeout).
     Unreachable,
+    /// The peer took the request and went silent (header or stall timeout).
+    Silent,
     /// Any other failure the peer is to blame for (timeouts, stalls,
     /// broken or corrupt bodies, bad statuses, losing a hedge while silent).
     Failed,
@@ -203,6 +208,10 @@ impl PeerHealth {
             Outcome::Unreachable => {
                 self.cut(now);
                 self.exclude(ExclusionReason::Unreachable, now);
+            }
+            Outcome::Silent => {
+                self.cut(now);
+                self.exclude(ExclusionReason::Silent, now);
             }
             Outcome::Failed => {
                 self.cut(now);

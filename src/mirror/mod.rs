@@ -25,6 +25,7 @@ pub mod spool;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -48,6 +49,9 @@ pub struct MirrorConfig {
     pub max_attempts: usize,
     /// Most providers asked of the router for one key.
     pub lookup_limit: usize,
+    /// Once every provider found is tried or excluded, how long to wait for
+    /// another before giving up (the router may still be searching).
+    pub lookup_patience: Duration,
     /// Where blobs are spooled while they are verified.
     pub spool_dir: PathBuf,
     /// When a second peer is asked while the first has not answered.
@@ -100,7 +104,8 @@ impl Mirror {
     /// changes, so a peer whose connection closes is excluded at once.
     pub fn new(router: Arc<dyn Router>, scores: Arc<PeerScores>, metrics: Metrics, config: MirrorConfig) -> Self {
         let client = PeerClient::new(config.timeouts);
-        let hedge = HedgeTimer::new(config.hedge, config.timeouts.headers);
+        let hedge =
+            HedgeTimer::new(config.hedge, config.timeouts.headers).with_header_floor(config.timeouts.headers_floor);
         let weak: Weak<PeerScores> = Arc::downgrade(&scores);
         router.links().observe(move |event, link| {
             if let Some(scores) = weak.upgrade() {
@@ -117,6 +122,7 @@ impl Mirror {
     /// Probes excluded peers with backoff until `token` is cancelled; spawn
     /// it on the node's task tracker.
     pub fn probe_excluded(&self, token: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
-        prober::run(self.inner.scores.clone(), self.inner.client.clone(), self.inner.metrics.clone(), token)
+        let inner = &self.inner;
+        prober::run(inner.scores.clone(), inner.client.clone(), inner.router.clone(), inner.metrics.clone(), token)
     }
 }

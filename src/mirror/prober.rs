@@ -3,7 +3,8 @@
 //! Owns: waking when a probe is due (or when the table changed), sending
 //! `GET /v2/` to each due peer with the client's connect and header
 //! timeouts, a few at a time, and reporting results to [`PeerScores`],
-//! which sets the next backoff. No request ever waits on a probe: an
+//! which sets the next backoff, and to the router, which routes through a
+//! peer that answers again. No request ever waits on a probe: an
 //! excluded peer is simply not chosen until its probe succeeds.
 
 use std::sync::Arc;
@@ -14,11 +15,18 @@ use tokio_util::sync::CancellationToken;
 use super::client::PeerClient;
 use super::select::PeerScores;
 use crate::metrics::Metrics;
+use crate::routing::Router;
 
 /// Probes in flight at once.
 const CONCURRENCY: usize = 8;
 
-pub(super) async fn run(scores: Arc<PeerScores>, client: PeerClient, metrics: Metrics, token: CancellationToken) {
+pub(super) async fn run(
+    scores: Arc<PeerScores>,
+    client: PeerClient,
+    router: Arc<dyn Router>,
+    metrics: Metrics,
+    token: CancellationToken,
+) {
     loop {
         metrics.set_peers_excluded(scores.excluded_count());
         let due = scores.take_due_probes();
@@ -37,6 +45,9 @@ pub(super) async fn run(scores: Arc<PeerScores>, client: PeerClient, metrics: Me
                 tracing::debug!(%peer, ok, "probed an excluded peer");
                 metrics.peer_probed(ok);
                 scores.probe_result(&peer, ok);
+                if ok {
+                    router.peer_recovered(&peer);
+                }
             }
             continue;
         }

@@ -99,4 +99,12 @@ pub trait Router: Send + Sync + 'static {
     /// The state of this node's connections to its peers; observers learn
     /// of a closed connection as it happens.
     fn links(&self) -> Links;
+
+    /// The mirror excluded `peer` (its registry refused, timed out, went
+    /// silent or kept failing). The router stops routing queries through it,
+    /// so no lookup waits on a peer known to be bad, until it recovers.
+    fn peer_unresponsive(&self, _peer: &PeerName) {}
+
+    /// A probe found `peer` answering again: the router may use it again.
+    fn peer_recovered(&self, _peer: &PeerName) {}
 }

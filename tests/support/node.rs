@@ -30,6 +30,7 @@ pub fn test_timeouts() -> PeerTimeouts {
     PeerTimeouts {
         connect: Duration::from_millis(500),
         headers: Duration::from_millis(500),
+        headers_floor: Duration::from_millis(500),
         stall: Duration::from_millis(500),
     }
 }
@@ -89,6 +90,7 @@ impl TestNode {
             timeouts: options.timeouts,
             max_attempts: options.max_attempts,
             lookup_limit: 20,
+            lookup_patience: Duration::from_millis(300),
             spool_dir: spool.path().to_path_buf(),
             hedge: options.hedge,
         };

@@ -22,3 +22,16 @@ pub async fn eventually_within(what: &str, bound: Duration, condition: impl Fn()
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// [`eventually_within`] for a condition that must await its answer.
+pub async fn eventually_async<F, Fut>(what: &str, bound: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + bound;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}: not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -173,3 +173,17 @@ fn a_peer_without_a_known_endpoint_is_not_probed() {
     health.connected(Some("127.0.5.2:5000".parse().unwrap()), now);
     assert!(!health.is_excluded());
 }
+
+#[test]
+fn one_silent_attempt_excludes_at_once_until_a_probe_answers() {
+    let now = Instant::now();
+    let mut health = peer(now);
+    health.record(Outcome::Silent, now);
+    let exclusion = health.exclusion.expect("excluded after one silent attempt");
+    assert_eq!((exclusion.reason, exclusion.next_probe), (ExclusionReason::Silent, now + FIRST_PROBE_BACKOFF));
+    health.connected(None, now);
+    assert!(health.is_excluded(), "a live connection says nothing about a frozen registry");
+    assert!(health.start_probe(now + FIRST_PROBE_BACKOFF));
+    health.probe_result(true, now + FIRST_PROBE_BACKOFF);
+    assert!(!health.is_excluded());
+}

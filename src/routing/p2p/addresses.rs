@@ -114,6 +114,11 @@ impl AddressBook {
         }
     }
 
+    /// The usable addresses `peer` announced, if any.
+    pub(super) fn addresses(&self, peer: &PeerId) -> Option<&[Multiaddr]> {
+        self.announced.get(peer).map(Vec::as_slice)
+    }
+
     /// The registry endpoint of `peer`, if it announced a usable address.
     pub(super) fn endpoint(&self, peer: &PeerId) -> Option<SocketAddr> {
         self.rule.endpoint(self.announced.get(peer)?)

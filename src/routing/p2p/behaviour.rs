@@ -11,7 +11,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, identify, kad, ping, request_response};
+use libp2p::{StreamProtocol, allow_block_list, identify, kad, ping, request_response};
 
 use super::announce::{ANNOUNCE_PROTOCOL, AnnounceCodec};
 
@@ -34,9 +34,10 @@ pub(super) const KBUCKET_SIZE: usize = 64;
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ping every connected peer this often; its round trip and failures feed
 /// peer health (a blackholed or frozen peer keeps its TCP connection open).
-const PING_INTERVAL: Duration = Duration::from_secs(5);
-/// A ping unanswered for this long counts as failed.
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// A ping unanswered for this long counts as failed (a round trip inside a
+/// cluster takes milliseconds).
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
@@ -44,6 +45,8 @@ pub(super) struct Behaviour {
     pub(super) announce: request_response::Behaviour<AnnounceCodec>,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
+    /// Denies connections to and from shunned peers (see `shun`).
+    pub(super) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
 
 impl Behaviour {
@@ -66,7 +69,7 @@ impl Behaviour {
             request_response::Config::default().with_request_timeout(ANNOUNCE_TIMEOUT),
         );
         let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT));
-        Self { kad, announce, identify, ping }
+        Self { kad, announce, identify, ping, blocked: allow_block_list::Behaviour::default() }
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
+use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -67,6 +68,14 @@ pub(super) enum Command {
     /// Seed the routing table with peers known earlier and dial them.
     DialKnown {
         peers: Vec<KnownPeer>,
+    },
+    /// The mirror found the peer unresponsive: stop routing through it.
+    Unresponsive {
+        peer: PeerId,
+    },
+    /// The peer answers again: route through it again.
+    Recovered {
+        peer: PeerId,
     },
 }
 
@@ -158,6 +167,17 @@ impl P2pRouter {
         self.send(Command::DialKnown { peers }).await
     }
 
+    /// Sends a health hint without waiting: hints are advisory, so one that
+    /// finds the queue full is dropped rather than stalling the caller.
+    fn hint(&self, peer: &PeerName, command: impl FnOnce(PeerId) -> Command) {
+        let Ok(peer) = peer.as_str().parse::<PeerId>() else {
+            return;
+        };
+        if let Err(error) = self.commands.try_send(command(peer)) {
+            tracing::debug!(%peer, %error, "peer health hint dropped");
+        }
+    }
+
     pub(super) async fn send(&self, command: Command) -> Result<(), Error> {
         self.commands.send(command).await.map_err(|_| Error::Closed)
     }
@@ -239,5 +259,13 @@ impl Router for P2pRouter {
 
     fn links(&self) -> Links {
         self.shared.links.clone()
+    }
+
+    fn peer_unresponsive(&self, peer: &PeerName) {
+        self.hint(peer, |peer| Command::Unresponsive { peer });
+    }
+
+    fn peer_recovered(&self, peer: &PeerName) {
+        self.hint(peer, |peer| Command::Recovered { peer });
     }
 }

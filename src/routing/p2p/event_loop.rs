@@ -27,11 +27,15 @@ use super::bulk::{Bulk, record_key};
 use super::client::{Command, Shared};
 use super::known;
 use super::lookups::Lookups;
+use super::shun::Shunned;
 use crate::oci::Key;
 use crate::routing::{Error, LinkEvent, Peer, PeerName};
 
 /// How often lookups are checked against their deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(200);
+/// Pings failed in a row before a peer is taken out of routing (as it is
+/// excluded from selection: see `mirror::health`).
+const PING_FAILURES_TO_SHUN: u32 = 2;
 
 pub(super) struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -43,6 +47,7 @@ pub(super) struct EventLoop {
     /// Whether the first Kademlia bootstrap (self-lookup) was started.
     bootstrapped: bool,
     bulk: Bulk,
+    shunned: Shunned,
 }
 
 impl EventLoop {
@@ -54,7 +59,9 @@ impl EventLoop {
         bulk: Bulk,
     ) -> Self {
         let lookups = Lookups::new(*swarm.local_peer_id());
-        Self { swarm, commands, shared, book, lookups, provides: HashMap::new(), bootstrapped: false, bulk }
+        let provides = HashMap::new();
+        let shunned = Shunned::default();
+        Self { swarm, commands, shared, book, lookups, provides, bootstrapped: false, bulk, shunned }
     }
 
     pub(super) async fn run(mut self, token: CancellationToken) {
@@ -71,7 +78,9 @@ impl EventLoop {
                 _ = sweep.tick() => {}
             }
             self.end_lookups();
-            self.bulk.on_tick(Instant::now());
+            let now = Instant::now();
+            self.bulk.on_tick(now);
+            self.shunned.expire(&mut self.swarm, now);
         }
         // Dropping the pending replies tells waiting callers the router is gone.
         self.shared.set_closed();
@@ -96,6 +105,8 @@ impl EventLoop {
                 let _ = reply.send(known::list(&mut self.swarm, self.book.rule()));
             }
             Command::DialKnown { peers } => known::dial(&mut self.swarm, self.book.rule(), peers),
+            Command::Unresponsive { peer } => self.shun(peer, "the mirror found it unresponsive"),
+            Command::Recovered { peer } => self.redial(peer),
         }
     }
 
@@ -156,6 +167,33 @@ impl EventLoop {
         };
         if let Err(e) = self.swarm.dial(opts) {
             tracing::debug!(target = %target.addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+
+    /// Takes an unresponsive peer out of routing (see `shun`).
+    fn shun(&mut self, peer: PeerId, why: &str) {
+        if self.shunned.contains(&peer) {
+            return;
+        }
+        tracing::debug!(%peer, why, "taking an unresponsive peer out of routing");
+        self.shunned.shun(&mut self.swarm, peer, Instant::now());
+        self.lookups.unreachable(peer);
+    }
+
+    /// A shunned peer answers again: back into the routing table, and dialled.
+    fn redial(&mut self, peer: PeerId) {
+        if !self.shunned.lift(&mut self.swarm, peer) && self.swarm.is_connected(&peer) {
+            return;
+        }
+        let Some(addrs) = self.book.addresses(&peer).map(<[_]>::to_vec) else {
+            return;
+        };
+        for addr in &addrs {
+            self.kad().add_address(&peer, addr.clone());
+        }
+        let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
+        if let Err(error) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, %error, "cannot redial a recovered peer");
         }
     }
 
@@ -229,7 +267,8 @@ impl EventLoop {
         {
             self.shared.links.record(LinkEvent::Up { peer: peer_name(&peer), endpoint: Some(endpoint) });
         }
-        if !info.protocols.contains(&KAD_PROTOCOL) {
+        // A shunned peer stays out of the routing table until its shun lifts.
+        if !info.protocols.contains(&KAD_PROTOCOL) || self.shunned.contains(&peer) {
             return;
         }
         let rule = self.book.rule();
@@ -250,12 +289,22 @@ impl EventLoop {
             Err(ping::Failure::Unsupported) => {}
             Err(error) => {
                 tracing::debug!(%peer, %error, "ping failed");
-                self.shared.links.record(LinkEvent::PingFailed { peer });
+                self.shared.links.record(LinkEvent::PingFailed { peer: peer.clone() });
+                if self.shared.links.get(&peer).is_some_and(|link| link.ping_failures >= PING_FAILURES_TO_SHUN) {
+                    self.shun(event.peer, "its pings went unanswered");
+                }
             }
         }
     }
 
     fn on_kad_event(&mut self, event: kad::Event) {
+        if let kad::Event::RoutingUpdated { peer, .. } = &event
+            && self.shunned.contains(peer)
+        {
+            // Re-added by traffic that was in flight when it was shunned.
+            self.kad().remove_peer(peer);
+            return;
+        }
         let kad::Event::OutboundQueryProgressed { id, result, step, stats } = event else {
             tracing::debug!(?event, "kademlia event ignored");
             return;

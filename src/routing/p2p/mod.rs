@@ -16,6 +16,7 @@
 //! - `addresses`: announced addresses and the registry endpoint rule.
 //! - `bootstrap`: bootstrap peers, DNS, and the reconnect schedule.
 //! - `known`: the routing table's peers for the peer store, and re-dialling them.
+//! - `shun`: peers taken out of routing (and blocked) while they do not answer.
 //! - `transport`: TCP + noise + yamux, dialling from fresh ports.
 
 mod addresses;
@@ -28,6 +29,7 @@ mod event_loop;
 mod identity;
 mod known;
 mod lookups;
+mod shun;
 mod transport;
 
 use std::net::SocketAddr;

@@ -10,12 +10,18 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, DialOpts, ListenerId, PortUse, TransportError, TransportEvent};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId, Transport, noise, tcp, yamux};
+
+/// The longest a connection may take from dial or accept to a negotiated
+/// muxer. A frozen or blackholed peer otherwise holds a dial (and any
+/// Kademlia query waiting on it) open until TCP gives up, minutes later.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The shape libp2p's `SwarmBuilder::with_other_transport` accepts.
 type BuildResult = Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>>;
@@ -27,6 +33,7 @@ pub(super) fn build(keypair: &Keypair) -> BuildResult {
         .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(keypair)?)
         .multiplex(yamux::Config::default())
+        .timeout(UPGRADE_TIMEOUT)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
         .boxed();
     Ok(transport)
