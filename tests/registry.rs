@@ -303,3 +303,27 @@ async fn unmirrored_registries_are_not_served() {
     let mirrored = get(&node.url(&format!("/v2/team/app/blobs/{}?ns=docker.io", image.layers[0].0))).await;
     assert_eq!(mirrored.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_peer_that_answered_404_for_a_key_is_not_asked_again_for_it() {
+    let network = MemoryNetwork::new();
+    let (_holder, image) = seeded_node(&network, "holder").await;
+    // A node still advertised for the layer (its record outlives the content).
+    let forgetful = TestNode::start(&network, "forgetful").await;
+    let (digest, bytes) = &image.layers[0];
+    advertise(&network, "forgetful", forgetful.addr, &[Key::Digest(digest.clone())]).await;
+    let puller = TestNode::start(&network, "puller").await;
+
+    let mut asked = 0;
+    for _ in 0..8 {
+        let blob = get(&puller.url(&blob_path(digest))).await;
+        assert_eq!(blob.status, StatusCode::OK);
+        assert_eq!(&blob.body, bytes);
+        let now = forgetful.metric(r#"shoal_peer_requests_total{kind="blob",result="not_found"}"#);
+        assert!(now <= 1, "asked the forgetful peer {now} times");
+        asked = now;
+    }
+    // Eight weighted random choices between two providers: it was asked once
+    // unless chance always picked the holder first (1 in 256).
+    println!("the forgetful peer was asked {asked} time(s) in 8 requests");
+}

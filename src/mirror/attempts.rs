@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::Inner;
 use super::Miss;
-use super::candidates::Candidates;
+use super::candidates::{Candidates, Judges};
 use super::client::FetchError;
 use super::health::Outcome;
 use super::race::{AttemptSource, Winner};
@@ -25,7 +25,8 @@ pub(super) struct Attempts<'a> {
 impl<'a> Attempts<'a> {
     pub(super) fn new(inner: &'a Inner, key: Key, kind: PathKind) -> Self {
         let providers = inner.router.lookup(&key, inner.config.lookup_limit);
-        let candidates = Candidates::new(providers, &inner.scores, inner.config.lookup_patience);
+        let judges = Judges { scores: &inner.scores, stale: &inner.stale };
+        let candidates = Candidates::new(providers, judges, key.clone(), inner.config.lookup_patience);
         Self { inner, candidates, key, kind, tried: 0, resolve_recorded: false }
     }
 
@@ -97,6 +98,9 @@ impl AttemptSource for Attempts<'_> {
     fn failed(&mut self, peer: &Peer, error: &FetchError) {
         tracing::debug!(peer = %peer.name, endpoint = %peer.endpoint, key = %self.key, %error, "peer attempt failed");
         self.inner.metrics.peer_fetch_failed(error.reason());
+        if matches!(error, FetchError::NotFound) {
+            self.inner.stale.insert(&peer.name, &self.key, tokio::time::Instant::now());
+        }
         if let Some(outcome) = error.health_outcome() {
             self.record(peer, outcome);
         }

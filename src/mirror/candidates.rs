@@ -1,6 +1,6 @@
 //! The providers of one key, as the router streams them in, and which of
-//! them this request has already tried. Excluded peers are never handed
-//! out. When every provider found is excluded or tried, the request waits
+//! them this request has already tried. Excluded peers, and peers that
+//! recently answered 404 for this key (`stale`), are never handed out. When every provider found is excluded or tried, the request waits
 //! for the router only a short patience after the last provider arrived:
 //! the router's first answers carry nearly all providers (every record
 //! holder stores the same set), so a lookup still running by then is
@@ -15,7 +15,17 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
 use super::select::PeerScores;
+use super::stale::StaleRecords;
+use crate::oci::Key;
 use crate::routing::{Peer, PeerName};
+
+/// What a provider is judged by: its health, and whether it recently
+/// answered 404 for the key.
+#[derive(Clone, Copy)]
+pub struct Judges<'a> {
+    pub scores: &'a PeerScores,
+    pub stale: &'a StaleRecords,
+}
 
 /// Hands out untried providers by weighted random choice, waiting for the
 /// router only when every provider found so far has been tried.
@@ -25,6 +35,8 @@ pub struct Candidates<'a> {
     tried: HashSet<PeerName>,
     exhausted: bool,
     scores: &'a PeerScores,
+    stale: &'a StaleRecords,
+    key: Key,
     patience: Duration,
     started: Instant,
     /// When the latest new provider arrived.
@@ -34,13 +46,15 @@ pub struct Candidates<'a> {
 }
 
 impl<'a> Candidates<'a> {
-    pub fn new(providers: BoxStream<'static, Peer>, scores: &'a PeerScores, patience: Duration) -> Self {
+    pub fn new(providers: BoxStream<'static, Peer>, judges: Judges<'a>, key: Key, patience: Duration) -> Self {
         Self {
             providers,
             found: Vec::new(),
             tried: HashSet::new(),
             exhausted: false,
-            scores,
+            scores: judges.scores,
+            stale: judges.stale,
+            key,
             patience,
             started: Instant::now(),
             last_found: None,
@@ -95,6 +109,10 @@ impl<'a> Candidates<'a> {
         }
         if !self.found.iter().any(|p| p.name == peer.name) {
             self.scores.observe(&peer);
+            if self.stale.contains(&peer.name, &self.key, Instant::now()) {
+                // Counts as tried: it said it lacks the key a moment ago.
+                self.tried.insert(peer.name.clone());
+            }
             self.found.push(peer);
             self.last_found = Some(Instant::now());
         }
@@ -102,10 +120,30 @@ impl<'a> Candidates<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     const PATIENCE: Duration = Duration::from_millis(300);
+
+    fn judges<'a>(scores: &'a PeerScores, stale: &'a StaleRecords) -> Judges<'a> {
+        Judges { scores, stale }
+    }
+
+    fn key() -> Key {
+        Key::Digest(format!("sha256:{}", "ab".repeat(32)).parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_provider_that_just_answered_404_for_the_key_is_skipped() {
+        let scores = PeerScores::new();
+        let stale = StaleRecords::default();
+        stale.insert(&peer(1).name, &key(), Instant::now());
+        let stream = futures::stream::iter(vec![peer(1), peer(2)]).boxed();
+        let mut candidates = Candidates::new(stream, judges(&scores, &stale), key(), PATIENCE);
+        assert_eq!(candidates.next().await.map(|p| p.name), Some(peer(2).name));
+        assert_eq!(candidates.next().await, None);
+    }
 
     fn peer(i: u8) -> Peer {
         Peer { name: PeerName::new(format!("p{i}")), endpoint: ([127, 0, 0, i], 5000).into() }
@@ -114,8 +152,9 @@ mod tests {
     #[tokio::test]
     async fn every_provider_is_tried_once_then_none() {
         let scores = PeerScores::new();
+        let stale = StaleRecords::default();
         let stream = futures::stream::iter(vec![peer(1), peer(2), peer(1), peer(3)]).boxed();
-        let mut candidates = Candidates::new(stream, &scores, PATIENCE);
+        let mut candidates = Candidates::new(stream, judges(&scores, &stale), key(), PATIENCE);
         let mut seen = Vec::new();
         while let Some(p) = candidates.next().await {
             seen.push(p.name.to_string());
@@ -128,9 +167,10 @@ mod tests {
     #[tokio::test]
     async fn a_late_provider_is_waited_for_only_when_needed() {
         let scores = PeerScores::new();
+        let stale = StaleRecords::default();
         let (tx, rx) = futures::channel::mpsc::unbounded();
         tx.unbounded_send(peer(1)).ok();
-        let mut candidates = Candidates::new(rx.boxed(), &scores, PATIENCE);
+        let mut candidates = Candidates::new(rx.boxed(), judges(&scores, &stale), key(), PATIENCE);
         assert_eq!(candidates.next().await.map(|p| p.name), Some(peer(1).name));
         tx.unbounded_send(peer(2)).ok();
         drop(tx);
@@ -141,10 +181,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn with_every_provider_unusable_the_router_is_waited_for_only_the_patience() {
         let scores = PeerScores::new();
+        let stale = StaleRecords::default();
         scores.record(&peer(1), crate::mirror::health::Outcome::Unreachable);
         let (tx, rx) = futures::channel::mpsc::unbounded();
         tx.unbounded_send(peer(1)).ok();
-        let mut candidates = Candidates::new(rx.boxed(), &scores, PATIENCE);
+        let mut candidates = Candidates::new(rx.boxed(), judges(&scores, &stale), key(), PATIENCE);
         let started = Instant::now();
         assert_eq!(candidates.next().await, None, "the router still searches, but only the excluded peer is known");
         assert_eq!(started.elapsed(), PATIENCE);
@@ -154,8 +195,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn with_no_provider_yet_the_router_is_waited_for_however_long_it_takes() {
         let scores = PeerScores::new();
+        let stale = StaleRecords::default();
         let (tx, rx) = futures::channel::mpsc::unbounded();
-        let mut candidates = Candidates::new(rx.boxed(), &scores, PATIENCE);
+        let mut candidates = Candidates::new(rx.boxed(), judges(&scores, &stale), key(), PATIENCE);
         let late = async {
             tokio::time::sleep(PATIENCE * 5).await;
             tx.unbounded_send(peer(2)).ok();
@@ -167,9 +209,10 @@ mod tests {
     #[tokio::test]
     async fn excluded_providers_are_skipped() {
         let scores = PeerScores::new();
+        let stale = StaleRecords::default();
         scores.record(&peer(1), crate::mirror::health::Outcome::Unreachable);
         let stream = futures::stream::iter(vec![peer(1), peer(2)]).boxed();
-        let mut candidates = Candidates::new(stream, &scores, PATIENCE);
+        let mut candidates = Candidates::new(stream, judges(&scores, &stale), key(), PATIENCE);
         assert_eq!(candidates.next().await.map(|p| p.name), Some(peer(2).name));
         assert_eq!(candidates.next().await, None);
     }

@@ -22,6 +22,7 @@ mod prober;
 mod race;
 pub mod select;
 pub mod spool;
+mod stale;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -85,6 +86,8 @@ struct Inner {
     client: PeerClient,
     scores: Arc<PeerScores>,
     hedge: HedgeTimer,
+    /// Peers that answered 404 for a key they are advertised for.
+    stale: stale::StaleRecords,
     metrics: Metrics,
     config: MirrorConfig,
 }
@@ -112,7 +115,8 @@ impl Mirror {
                 scores.on_link(event, link);
             }
         });
-        Self { inner: Arc::new(Inner { router, client, scores, hedge, metrics, config }) }
+        let stale = stale::StaleRecords::default();
+        Self { inner: Arc::new(Inner { router, client, scores, hedge, stale, metrics, config }) }
     }
 
     pub fn scores(&self) -> &Arc<PeerScores> {
