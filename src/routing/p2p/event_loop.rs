@@ -188,14 +188,18 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.on_ping(event),
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
+                if let Some(remote) = tcp_socket_addr(endpoint.get_remote_address()) {
+                    self.shared.peer_ips().connected(peer_id, connection_id, remote.ip());
+                }
                 self.shared.set_connected(self.swarm.connected_peers().count());
                 if num_established.get() == 1 {
                     let endpoint = self.book.endpoint(&peer_id);
                     self.shared.links.record(LinkEvent::Up { peer: peer_name(&peer_id), endpoint });
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
+                self.shared.peer_ips().disconnected(peer_id, connection_id);
                 self.shared.set_connected(self.swarm.connected_peers().count());
                 if num_established == 0 {
                     tracing::debug!(peer = %peer_id, ?cause, "last connection to peer closed");
@@ -223,6 +227,8 @@ impl EventLoop {
 
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
         self.book.learn_from_identify(peer, &info.listen_addrs);
+        let announced = info.listen_addrs.iter().filter_map(tcp_socket_addr).map(|s| s.ip());
+        self.shared.peer_ips().announced(peer, announced.filter(|ip| !ip.is_unspecified()));
         self.lookups.resolved(peer, &self.book);
         if let Some(endpoint) = self.book.endpoint(&peer)
             && self.swarm.is_connected(&peer)
