@@ -127,6 +127,8 @@ pub struct Node {
 
 /// Binds every listener and spawns every task on `tracker`.
 pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTracker) -> Result<Node, Error> {
+    // Read first: a bad key file stops the node before it binds or touches anything.
+    let swarm_key = config.p2p_psk_file.as_deref().map(SwarmKey::from_file).transpose()?;
     let metrics = Metrics::new()?;
     let (state, loaded) = State::open(config.data_dir.as_deref(), &tracker, &metrics)?;
     let Loaded { identity, peers, peers_age, images, mode } = loaded;
@@ -134,7 +136,6 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
     let registry_listener = bind(config.registry_addr).await?;
     let metrics_listener = bind(config.metrics_addr).await?;
 
-    let swarm_key = config.p2p_psk_file.as_deref().map(SwarmKey::from_file).transpose()?;
     let p2p_config = P2pConfig {
         listen: config.router_addr,
         registry_port: config.registry_addr.port(),

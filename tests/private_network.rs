@@ -231,3 +231,25 @@ async fn private_registry_content_is_neither_advertised_nor_served_to_peers() {
     assert_eq!(local_tag.status, StatusCode::OK);
     assert_eq!(local_tag.body, secret.manifest_bytes);
 }
+
+#[tokio::test]
+async fn a_bad_key_file_stops_the_node_at_start_up_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("swarm.key");
+    std::fs::write(&bad, "/key/swarm/psk/1.0.0/\n/base16/\nnot-hex\n").unwrap();
+    let missing = dir.path().join("absent.key");
+    for key_file in [&bad, &missing] {
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["run", "--registry-addr=127.0.7.41:0", "--router-addr=127.0.7.41:0", "--metrics-addr=127.0.7.41:0"])
+            .arg(format!("--p2p-psk-file={}", key_file.display()))
+            .arg(format!("--containerd-sock={}", dir.path().join("no-containerd.sock").display()))
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(WAIT, run).await.expect("shoal exits").unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(stderr.contains(&key_file.display().to_string()), "the error names the file: {stderr}");
+        assert!(stderr.contains("pre-shared key"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

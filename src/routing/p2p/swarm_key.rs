@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use libp2p::pnet::PreSharedKey;
+use libp2p::pnet::{KeyParseError, PreSharedKey};
 
 /// Longest key file read: the format needs about 100 bytes.
 const MAX_KEY_FILE: u64 = 4096;
@@ -73,7 +73,18 @@ impl FromStr for SwarmKey {
         let text = text.trim_start();
         PreSharedKey::from_str(text)
             .map(Self)
-            .map_err(|e| format!("{e} (expected /key/swarm/psk/1.0.0/, /base16/ and 64 hex digits, one per line)"))
+            .map_err(|e| format!("{} (expected /key/swarm/psk/1.0.0/, /base16/ and 64 hex digits)", explain(&e)))
+    }
+}
+
+/// libp2p's parse error in words (its `Display` is the variant name).
+fn explain(error: &KeyParseError) -> &'static str {
+    match error {
+        KeyParseError::InvalidKeyFile => "it does not have three lines",
+        KeyParseError::InvalidKeyType => "the first line is not /key/swarm/psk/1.0.0/",
+        KeyParseError::InvalidKeyEncoding => "the second line is not /base16/",
+        KeyParseError::InvalidKeyLength => "the key line is not 64 hex digits long",
+        KeyParseError::InvalidKeyChar(_) => "the key line has a character that is not a hex digit",
     }
 }
 
