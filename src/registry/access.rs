@@ -15,6 +15,14 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long a client that is not (yet) a connected peer may wait to become one.
+pub const PEER_GRACE: Duration = Duration::from_secs(1);
+/// How often the peer check is repeated meanwhile.
+const PEER_POLL: Duration = Duration::from_millis(10);
 
 /// The two ends of the connection a request came on; the server puts it in
 /// every request's extensions.
@@ -59,9 +67,27 @@ impl AccessPolicy {
 
     /// Whether a request from `client` is served. A request whose
     /// connection is unknown is refused unless the policy is open.
-    pub fn admits(&self, client: Option<&ClientAddr>) -> bool {
+    ///
+    /// A peer may send its request while its libp2p connection to this node
+    /// is still being set up (it dials every provider it fetches from), so
+    /// an unknown IP is given [`PEER_GRACE`] to become a connected peer's.
+    pub async fn admits(&self, client: Option<&ClientAddr>) -> bool {
         let Some(is_peer) = &self.peers_only else { return true };
-        client.is_some_and(|client| client.is_local() || is_peer(client.remote.ip().to_canonical()))
+        let Some(client) = client else { return false };
+        if client.is_local() {
+            return true;
+        }
+        let ip = client.remote.ip().to_canonical();
+        let deadline = Instant::now() + PEER_GRACE;
+        loop {
+            if is_peer(ip) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(PEER_POLL).await;
+        }
     }
 }
 
@@ -101,21 +127,33 @@ mod tests {
         assert!(!client("[fd00::2]:40000", "[fd00::1]:5000").is_local());
     }
 
-    #[test]
-    fn an_open_policy_admits_everyone_even_unknown_connections() {
+    #[tokio::test(start_paused = true)]
+    async fn an_open_policy_admits_everyone_even_unknown_connections() {
         let open = AccessPolicy::open();
-        assert!(open.admits(Some(&client("192.0.2.1:1", "10.0.0.1:5000"))));
-        assert!(open.admits(None));
+        assert!(open.admits(Some(&client("192.0.2.1:1", "10.0.0.1:5000"))).await);
+        assert!(open.admits(None).await);
     }
 
-    #[test]
-    fn peers_only_admits_this_host_and_connected_peers() {
+    #[tokio::test(start_paused = true)]
+    async fn peers_only_admits_this_host_and_connected_peers() {
         let policy = only_peer_10_0_0_2();
-        assert!(policy.admits(Some(&client("127.0.0.1:1", "10.0.0.1:5000"))), "containerd");
-        assert!(policy.admits(Some(&client("10.0.0.1:1", "10.0.0.1:5000"))), "this host by its own address");
-        assert!(policy.admits(Some(&client("10.0.0.2:1", "10.0.0.1:5000"))), "a connected peer");
-        assert!(policy.admits(Some(&client("[::ffff:10.0.0.2]:1", "10.0.0.1:5000"))), "the peer, IPv4-mapped");
-        assert!(!policy.admits(Some(&client("10.0.0.3:1", "10.0.0.1:5000"))), "not a peer");
-        assert!(!policy.admits(None), "an unknown connection");
+        assert!(policy.admits(Some(&client("127.0.0.1:1", "10.0.0.1:5000"))).await, "containerd");
+        assert!(policy.admits(Some(&client("10.0.0.1:1", "10.0.0.1:5000"))).await, "this host by its own address");
+        assert!(policy.admits(Some(&client("10.0.0.2:1", "10.0.0.1:5000"))).await, "a connected peer");
+        assert!(policy.admits(Some(&client("[::ffff:10.0.0.2]:1", "10.0.0.1:5000"))).await, "IPv4-mapped");
+        let started = Instant::now();
+        assert!(!policy.admits(Some(&client("10.0.0.3:1", "10.0.0.1:5000"))).await, "not a peer");
+        assert!(started.elapsed() >= PEER_GRACE, "refused once the grace is over");
+        assert!(!policy.admits(None).await, "an unknown connection");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_whose_connection_completes_within_the_grace_is_admitted() {
+        let connected_at = Instant::now() + PEER_GRACE / 2;
+        let policy = AccessPolicy::peers_only(move |_| Instant::now() >= connected_at);
+        assert!(policy.admits(Some(&client("10.0.0.4:1", "10.0.0.1:5000"))).await);
+        let late = Instant::now() + PEER_GRACE * 2;
+        let policy = AccessPolicy::peers_only(move |_| Instant::now() >= late);
+        assert!(!policy.admits(Some(&client("10.0.0.4:1", "10.0.0.1:5000"))).await);
     }
 }

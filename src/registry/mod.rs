@@ -105,7 +105,7 @@ impl RegistryHandler {
             _ => {}
         }
         let client = req.extensions().get::<ClientAddr>().copied();
-        if !self.inner.config.access.admits(client.as_ref()) {
+        if !self.inner.config.access.admits(client.as_ref()).await {
             let message = "this mirror serves its own node and connected peers only";
             return oci_error(StatusCode::FORBIDDEN, ErrorCode::Denied, message, head);
         }

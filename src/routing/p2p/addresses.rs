@@ -119,6 +119,11 @@ impl AddressBook {
         self.rule.endpoint(self.announced.get(peer)?)
     }
 
+    /// The usable addresses `peer` announced, for dialling it.
+    pub(super) fn addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.announced.get(peer).cloned().unwrap_or_default()
+    }
+
     fn usable(&self, addrs: &[Multiaddr]) -> Vec<Multiaddr> {
         addrs.iter().filter(|a| self.rule.is_usable(a)).cloned().collect()
     }

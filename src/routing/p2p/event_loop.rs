@@ -43,6 +43,9 @@ pub(super) struct EventLoop {
     /// Whether the first Kademlia bootstrap (self-lookup) was started.
     bootstrapped: bool,
     bulk: Bulk,
+    /// Dial every provider a lookup finds, not only those without a known
+    /// address: in a private network a registry serves connected peers only.
+    connect_providers: bool,
 }
 
 impl EventLoop {
@@ -54,7 +57,15 @@ impl EventLoop {
         bulk: Bulk,
     ) -> Self {
         let lookups = Lookups::new(*swarm.local_peer_id());
-        Self { swarm, commands, shared, book, lookups, provides: HashMap::new(), bootstrapped: false, bulk }
+        let provides = HashMap::new();
+        let connect_providers = false;
+        Self { swarm, commands, shared, book, lookups, provides, bootstrapped: false, bulk, connect_providers }
+    }
+
+    /// Connects to every provider found (see `connect_providers`).
+    pub(super) fn connecting_to_providers(mut self, connect: bool) -> Self {
+        self.connect_providers = connect;
+        self
     }
 
     pub(super) async fn run(mut self, token: CancellationToken) {
@@ -116,8 +127,9 @@ impl EventLoop {
         let stored = self.stored_providers(&key);
         let query = self.kad().get_providers(key);
         self.lookups.start(query, limit, deadline, results);
-        let to_dial = self.lookups.found(query, stored, &self.book);
+        let to_dial = self.lookups.found(query, stored.iter().copied(), &self.book);
         self.dial_providers(to_dial);
+        self.connect(stored);
     }
 
     /// Unexpired providers of `key` in the local store, learning their addresses.
@@ -138,6 +150,27 @@ impl EventLoop {
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(%peer, error = %e, "cannot dial provider");
                 self.lookups.unreachable(peer);
+            }
+        }
+    }
+
+    /// Opens a connection to each of `providers` not connected yet, when
+    /// `connect_providers` is set. A failed dial only costs the fetch a 403.
+    fn connect(&mut self, providers: impl IntoIterator<Item = PeerId>) {
+        if !self.connect_providers {
+            return;
+        }
+        let local = *self.swarm.local_peer_id();
+        for peer in providers {
+            if peer == local || self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let opts = DialOpts::peer_id(peer)
+                .addresses(self.book.addresses(&peer))
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "not dialling provider");
             }
         }
     }
@@ -279,8 +312,9 @@ impl EventLoop {
             }
             kad::QueryResult::GetProviders(outcome) => {
                 if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = outcome {
-                    let to_dial = self.lookups.found(id, providers, &self.book);
+                    let to_dial = self.lookups.found(id, providers.iter().copied(), &self.book);
                     self.dial_providers(to_dial);
+                    self.connect(providers);
                 }
                 if step.last {
                     self.lookups.query_finished(id);

@@ -136,7 +136,9 @@ pub async fn start(config: P2pConfig, token: CancellationToken, tracker: &TaskTr
     tracing::info!(name = %router.local_name(), listen = %config.listen, "starting p2p router");
 
     let bulk = Bulk::new(config.provider_ttl);
-    tracker.spawn(EventLoop::new(swarm, inbox, shared.clone(), book, bulk).run(token.clone()));
+    let event_loop =
+        EventLoop::new(swarm, inbox, shared.clone(), book, bulk).connecting_to_providers(config.swarm_key.is_some());
+    tracker.spawn(event_loop.run(token.clone()));
     if !plan.is_empty() {
         tracker.spawn(bootstrap::run(plan, router.clone(), shared, token));
     }
