@@ -31,10 +31,10 @@ use crate::metrics::Metrics;
 use crate::mirror::select::PeerStatus;
 use crate::mirror::{HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
 use crate::registry::response::{Body, text};
-use crate::registry::{RegistryConfig, RegistryHandler, server};
+use crate::registry::{AccessPolicy, RegistryConfig, RegistryHandler, server};
 use crate::replication::{CriConfig, CriPuller, ReplicationConfig, Replicator};
 use crate::routing::Router;
-use crate::routing::p2p::{self, BootstrapPeer, KnownPeer, P2pConfig, P2pRouter};
+use crate::routing::p2p::{self, BootstrapPeer, KnownPeer, P2pConfig, P2pRouter, SwarmKey};
 use crate::state::{Loaded, PeerRecord, State};
 
 /// Most providers asked for one key: the DHT keeps at most 20 per key.
@@ -59,6 +59,10 @@ pub struct RunConfig {
     pub data_dir: Option<PathBuf>,
     pub bootstrap_peers: Vec<BootstrapPeer>,
     pub bootstrap_dns: Option<String>,
+    /// The private network's key file; none is an open network.
+    pub p2p_psk_file: Option<PathBuf>,
+    /// Registries whose content is never shared with peers.
+    pub private_registries: Vec<crate::oci::Registry>,
     pub registry: RegistryConfig,
     pub resolve_timeout: Duration,
     /// How long a request waits for another provider once all found are unusable.
@@ -80,6 +84,8 @@ pub enum Error {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Router(#[from] p2p::Error),
+    #[error(transparent)]
+    SwarmKey(#[from] p2p::SwarmKeyError),
     #[error(transparent)]
     State(#[from] crate::state::Error),
     #[error("cannot register metrics: {0}")]
@@ -123,6 +129,8 @@ pub struct Node {
 
 /// Binds every listener and spawns every task on `tracker`.
 pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTracker) -> Result<Node, Error> {
+    // Read first: a bad key file stops the node before it binds or touches anything.
+    let swarm_key = config.p2p_psk_file.as_deref().map(SwarmKey::from_file).transpose()?;
     let metrics = Metrics::new()?;
     let (state, loaded) = State::open(config.data_dir.as_deref(), &tracker, &metrics)?;
     let Loaded { identity, peers, peers_age, images, mode } = loaded;
@@ -138,12 +146,18 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         provider_ttl: config.provider_ttl,
         resolve_timeout: config.resolve_timeout,
         identity,
+        swarm_key,
     };
     let p2p_router = p2p::start(p2p_config, token.clone(), &tracker).await?;
     let name = p2p_router.local_name().to_string();
     let scores = Arc::new(PeerScores::new());
     let peer_store = PeerStore { state: state.clone(), router: p2p_router.clone(), scores: scores.clone() };
     peer_store.recover(&peers, peers_age).await;
+    let mut registry_config = config.registry;
+    if swarm_key.is_some() {
+        let peers = p2p_router.clone();
+        registry_config.access = AccessPolicy::peers_only(move |ip| peers.is_connected_ip(ip));
+    }
     let router: Arc<dyn Router> = Arc::new(p2p_router);
     let cri = CriConfig {
         socket: config.containerd.socket.clone(),
@@ -151,7 +165,7 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         pull_timeout: config.replication_pull_timeout,
     };
     let store: Arc<dyn ContentStore> = Arc::new(ContainerdStore::new(config.containerd));
-    let index = ContentIndex::new(store.clone());
+    let index = ContentIndex::new(store.clone()).with_private_registries(config.private_registries);
     let health = Health::new(router.clone());
     let mirror_config = MirrorConfig {
         timeouts: config.peer_timeouts,
@@ -173,7 +187,7 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
     tracker.spawn(advertiser.run(events_rx, token.clone()));
     tracker.spawn(peer_store.clone().keep_saved(token.clone()));
 
-    let handler = RegistryHandler::new(index.clone(), mirror.clone(), metrics.clone(), health.clone(), config.registry);
+    let handler = RegistryHandler::new(index.clone(), mirror.clone(), metrics.clone(), health.clone(), registry_config);
     if config.replication.is_active() {
         let puller = Arc::new(CriPuller::new(cri));
         let me = crate::routing::PeerName::new(name.as_str());

@@ -122,6 +122,14 @@ pub struct RunArgs {
     /// Upstream registries to serve, comma-separated (e.g. https://docker.io); empty serves all.
     #[arg(long, env = "SHOAL_MIRRORED_REGISTRIES", value_delimiter = ',', value_parser = registry)]
     pub mirrored_registries: Vec<Registry>,
+    /// A libp2p swarm key file (/key/swarm/psk/1.0.0/, /base16/, 64 hex digits): only nodes with the
+    /// same key join the peer network, and the registry then serves only this node and connected peers.
+    #[arg(long, env = "SHOAL_P2P_PSK_FILE")]
+    pub p2p_psk_file: Option<PathBuf>,
+    /// Registries whose images are never advertised nor served to peers, comma-separated (e.g.
+    /// registry.corp.example); content any of their images references stays on the node.
+    #[arg(long, env = "SHOAL_PRIVATE_REGISTRIES", value_delimiter = ',', value_parser = registry)]
+    pub private_registries: Vec<Registry>,
     /// Longest a provider lookup may take.
     #[arg(long, env = "SHOAL_RESOLVE_TIMEOUT", default_value = "3s", value_parser = duration)]
     pub resolve_timeout: Duration,
@@ -242,6 +250,8 @@ impl RunArgs {
             data_dir: self.data_dir,
             bootstrap_peers: self.bootstrap_peers,
             bootstrap_dns: self.bootstrap_dns,
+            p2p_psk_file: self.p2p_psk_file,
+            private_registries: self.private_registries,
             registry: crate::registry::RegistryConfig {
                 mirrored: self.mirrored_registries,
                 uploads: crate::registry::UploadLimits {
@@ -249,6 +259,8 @@ impl RunArgs {
                     bytes_per_second: self.upload_rate.filter(|rate| *rate > 0),
                 },
                 popularity: PopularityConfig { window: self.popular_window, threshold: self.popular_threshold },
+                // Set by `app` once the swarm key is read: it needs the router.
+                access: crate::registry::AccessPolicy::open(),
             },
             replication: ReplicationConfig {
                 pinned: self.pin_images,

@@ -5,6 +5,12 @@
 //! that each update causes. Updates walk the store first (async, no lock)
 //! and then swap state under a short lock, so readers are never blocked by
 //! containerd I/O.
+//!
+//! Private registries: every blob reachable from an image of a private
+//! registry is private, even when a public image references it too, and a
+//! tag whose manifest is private is private. Private keys are never among
+//! [`ContentIndex::keys`] (so never advertised); readers see the mark on
+//! [`IndexedBlob::private`] and must not serve such blobs to peers.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -13,7 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::walk::{WalkedBlob, walk_image};
 use super::{ContentStore, Error, ImageRecord};
-use crate::oci::{Digest, Key, MediaType, TagRef};
+use crate::oci::{Digest, Key, MediaType, Registry, TagRef};
 
 /// Images walked at once during a full rescan.
 const RESCAN_CONCURRENCY: usize = 8;
@@ -24,6 +30,9 @@ pub struct IndexedBlob {
     pub size: u64,
     /// Set for manifests and indexes.
     pub manifest_type: Option<MediaType>,
+    /// Referenced by an image of a private registry: never advertised, and
+    /// served to this node's own clients only.
+    pub private: bool,
 }
 
 /// Keys to advertise and to withdraw after an update.
@@ -71,19 +80,27 @@ struct State {
 }
 
 impl State {
+    /// The keys to advertise: everything held that is not private.
     fn keys(&self) -> BTreeSet<Key> {
-        let digests = self.blobs.keys().map(|d| Key::Digest(*d));
-        digests.chain(self.tags.keys().map(|t| Key::Tag(t.clone()))).collect()
+        let is_public = |digest: &Digest| self.blobs.get(digest).is_some_and(|b| !b.private);
+        let digests = self.blobs.keys().filter(|d| is_public(d)).map(|d| Key::Digest(*d));
+        let tags = self.tags.iter().filter(|(_, target)| is_public(target)).map(|(t, _)| Key::Tag(t.clone()));
+        digests.chain(tags).collect()
     }
 
     /// Recomputes the blob and tag maps from the images.
-    fn rebuild(&mut self) {
+    fn rebuild(&mut self, private_registries: &[Registry]) {
         self.blobs.clear();
         self.tags.clear();
-        for image in self.images.values() {
+        for (name, image) in &self.images {
+            let private = image_registry(name).is_some_and(|r| private_registries.contains(&r));
             for blob in &image.blobs {
-                let entry = IndexedBlob { size: blob.size, manifest_type: blob.manifest_type.clone() };
-                self.blobs.insert(blob.digest, entry);
+                let entry = self.blobs.entry(blob.digest).or_insert_with(|| IndexedBlob {
+                    size: blob.size,
+                    manifest_type: blob.manifest_type.clone(),
+                    private: false,
+                });
+                entry.private |= private;
             }
             if let Some(tag) = &image.tag
                 && self.blobs.contains_key(&image.target)
@@ -94,17 +111,32 @@ impl State {
     }
 }
 
+/// The registry an image name starts with (`docker.io/library/app:1` is
+/// `docker.io`); `None` for names without one, such as image ids.
+fn image_registry(name: &str) -> Option<Registry> {
+    let (registry, _) = name.split_once('/')?;
+    registry.parse().ok()
+}
+
 /// What this node holds. Cheap to clone.
 #[derive(Clone)]
 pub struct ContentIndex {
     store: Arc<dyn ContentStore>,
+    /// Registries whose images' content is never shared with peers.
+    private_registries: Arc<[Registry]>,
     /// A std lock: held only to read or swap maps, never across `.await`.
     state: Arc<RwLock<State>>,
 }
 
 impl ContentIndex {
     pub fn new(store: Arc<dyn ContentStore>) -> Self {
-        Self { store, state: Arc::default() }
+        Self { store, private_registries: Arc::new([]), state: Arc::default() }
+    }
+
+    /// Marks the content of these registries' images private (see the module docs).
+    pub fn with_private_registries(mut self, registries: Vec<Registry>) -> Self {
+        self.private_registries = registries.into();
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn ContentStore> {
@@ -173,7 +205,7 @@ impl ContentIndex {
         };
         let before = state.keys();
         change(&mut state);
-        state.rebuild();
+        state.rebuild(&self.private_registries);
         let after = state.keys();
         KeyChanges {
             added: after.difference(&before).cloned().collect(),

@@ -24,6 +24,10 @@ impl RegistryHandler {
             }
         };
         if let Some(blob) = self.inner.index.blob(digest) {
+            if blob.private && request.peer_facing {
+                // The same answer as for content this node does not hold.
+                return self.miss(request, PathKind::Blob, "not held by this node");
+            }
             return self.send_local_blob(request, digest, blob.size, range).await;
         }
         if request.forwarded {

@@ -16,6 +16,8 @@ struct Manifest {
     digest: Digest,
     media_type: MediaType,
     body: Bytes,
+    /// Of a private registry: this node's own clients only.
+    private: bool,
 }
 
 impl RegistryHandler {
@@ -33,6 +35,9 @@ impl RegistryHandler {
             },
         };
         if let Some(manifest) = self.local_manifest(&key).await {
+            if manifest.private && request.peer_facing {
+                return self.miss(request, PathKind::Manifest, "not held by this node");
+            }
             if request.forwarded
                 && let Key::Tag(tag) = &key
             {
@@ -53,7 +58,12 @@ impl RegistryHandler {
         };
         match self.inner.mirror.manifest(&fetch).await {
             Ok(fetched) => {
-                let manifest = Manifest { digest: fetched.digest, media_type: fetched.media_type, body: fetched.body };
+                let manifest = Manifest {
+                    digest: fetched.digest,
+                    media_type: fetched.media_type,
+                    body: fetched.body,
+                    private: false,
+                };
                 self.send_manifest(request, Source::Peer, manifest)
             }
             Err(miss) => self.miss(request, PathKind::Manifest, &miss.to_string()),
@@ -65,9 +75,10 @@ impl RegistryHandler {
             Key::Digest(digest) => (*digest, self.inner.index.blob(digest)?),
             Key::Tag(tag) => self.inner.index.tag(tag)?,
         };
+        let private = blob.private;
         let media_type = blob.manifest_type?;
         match self.inner.index.store().read_all(&digest, MAX_MANIFEST_SIZE).await {
-            Ok(body) if Digest::of(&body) == digest => Some(Manifest { digest, media_type, body }),
+            Ok(body) if Digest::of(&body) == digest => Some(Manifest { digest, media_type, body, private }),
             Ok(_) => {
                 tracing::error!(%digest, "local manifest does not match its digest");
                 None

@@ -3,10 +3,12 @@
 //!
 //! Owns: parsing requests into domain types at the edge, local-first serving,
 //! the loop-prevention rule (a request forwarded by a peer is served from
-//! local content only), the `--mirrored-registries` filter, response headers,
+//! local content only), the access policy and private content (see
+//! [`access`]), the `--mirrored-registries` filter, response headers,
 //! and the one mapping from failures to HTTP status and OCI error JSON.
 //! Never proxies anywhere but to peers the router returned (via `mirror`).
 
+pub mod access;
 mod blobs;
 mod manifests;
 pub mod response;
@@ -25,6 +27,7 @@ use crate::mirror::{MIRRORED_HEADER, Mirror};
 use crate::oci::{ByteRange, DistributionPath, PathError, PathKind, Registry};
 use crate::replication::gossip::HOT_LIST_PATH;
 use crate::replication::{HotImage, HotList, Popularity, PopularityConfig};
+pub use access::{AccessPolicy, ClientAddr};
 use response::{Body, ErrorCode, oci_error};
 pub use uploads::UploadLimits;
 use uploads::Uploads;
@@ -37,6 +40,8 @@ pub struct RegistryConfig {
     pub uploads: UploadLimits,
     /// When peer requests make an image popular.
     pub popularity: PopularityConfig,
+    /// Who is served at all.
+    pub access: AccessPolicy,
 }
 
 /// The registry request handler. Cheap to clone.
@@ -65,6 +70,8 @@ struct PullRequest<'a> {
     registry: Option<Registry>,
     /// Forwarded by another node: serve local content only.
     forwarded: bool,
+    /// Forwarded, or not from this host: private content is not served.
+    peer_facing: bool,
     head: bool,
     headers: &'a HeaderMap,
 }
@@ -95,8 +102,15 @@ impl RegistryHandler {
         match req.uri().path() {
             "/healthz" => return health::healthz(),
             "/readyz" => return self.inner.health.readyz(),
-            HOT_LIST_PATH => return self.hot_list(head).await,
             _ => {}
+        }
+        let client = req.extensions().get::<ClientAddr>().copied();
+        if !self.inner.config.access.admits(client.as_ref()).await {
+            let message = "this mirror serves its own node and connected peers only";
+            return oci_error(StatusCode::FORBIDDEN, ErrorCode::Denied, message, head);
+        }
+        if req.uri().path() == HOT_LIST_PATH {
+            return self.hot_list(head).await;
         }
         let path = match DistributionPath::parse(req.uri().path()) {
             Ok(path) => path,
@@ -106,10 +120,12 @@ impl RegistryHandler {
             Ok(registry) => registry,
             Err(message) => return oci_error(StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, &message, head),
         };
+        let forwarded = req.headers().contains_key(MIRRORED_HEADER);
         let request = PullRequest {
             path,
             registry,
-            forwarded: req.headers().contains_key(MIRRORED_HEADER),
+            forwarded,
+            peer_facing: forwarded || !client.is_some_and(|c| c.is_local()),
             head,
             headers: req.headers(),
         };

@@ -38,6 +38,7 @@ pub enum ErrorCode {
     Unsupported,
     Unavailable,
     TooManyRequests,
+    Denied,
 }
 
 impl ErrorCode {
@@ -51,6 +52,7 @@ impl ErrorCode {
             Self::Unsupported => "UNSUPPORTED",
             Self::Unavailable => "UNAVAILABLE",
             Self::TooManyRequests => "TOOMANYREQUESTS",
+            Self::Denied => "DENIED",
         }
     }
 }

@@ -3,6 +3,8 @@
 //! Takes a bound listener and a cancellation token (the caller binds, so
 //! tests can use port 0). On cancel it stops accepting and lets in-flight
 //! requests finish; the caller bounds that wait with its drain deadline.
+//! Every request carries its connection's addresses as a [`ClientAddr`]
+//! extension.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::access::ClientAddr;
 use super::response::Body;
 
 /// How long a client may take to send request headers.
@@ -34,7 +37,7 @@ where
     let mut builder = http1::Builder::new();
     builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, remote) = tokio::select! {
             () = token.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -49,8 +52,11 @@ where
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
+        let Ok(local) = stream.local_addr() else { continue };
+        let client = ClientAddr { remote, local };
         let handler = handler.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(client);
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(req).await) }
         });

@@ -2,7 +2,7 @@
 //! store and router, and a small HTTP client to talk to it.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use shoal::health::Health;
 use shoal::metrics::Metrics;
 use shoal::mirror::{HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
 use shoal::oci::Registry;
-use shoal::registry::{RegistryConfig, RegistryHandler, UploadLimits, server};
+use shoal::registry::{AccessPolicy, RegistryConfig, RegistryHandler, UploadLimits, server};
 use shoal::routing::memory::{MemoryNetwork, MemoryRouter};
 use shoal::routing::{Peer, PeerName, Router};
 use tokio::net::TcpListener;
@@ -41,6 +41,9 @@ pub struct NodeOptions {
     pub hedge: HedgePolicy,
     pub timeouts: PeerTimeouts,
     pub uploads: UploadLimits,
+    pub access: AccessPolicy,
+    /// Registries whose content is never shared with peers.
+    pub private: Vec<Registry>,
 }
 
 impl Default for NodeOptions {
@@ -51,6 +54,8 @@ impl Default for NodeOptions {
             hedge: HedgePolicy::default(),
             timeouts: test_timeouts(),
             uploads: UploadLimits::default(),
+            access: AccessPolicy::open(),
+            private: Vec::new(),
         }
     }
 }
@@ -82,7 +87,7 @@ impl TestNode {
     pub fn serve(listener: TcpListener, router: Arc<dyn Router>, options: NodeOptions) -> Self {
         let addr = listener.local_addr().unwrap();
         let store = MemoryStore::new();
-        let index = ContentIndex::new(Arc::new(store.clone()));
+        let index = ContentIndex::new(Arc::new(store.clone())).with_private_registries(options.private);
         let metrics = Metrics::new().unwrap();
         let spool = tempfile::tempdir().unwrap();
         let shared_router = router.clone();
@@ -104,7 +109,12 @@ impl TestNode {
             mirror.clone(),
             metrics.clone(),
             health,
-            RegistryConfig { mirrored: options.mirrored, uploads: options.uploads, ..RegistryConfig::default() },
+            RegistryConfig {
+                mirrored: options.mirrored,
+                uploads: options.uploads,
+                access: options.access,
+                ..RegistryConfig::default()
+            },
         );
         let serve = move |req| {
             let handler = handler.clone();
@@ -165,7 +175,14 @@ impl Reply {
 }
 
 pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Reply {
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    request_from(None, method, url, headers).await
+}
+
+/// A request whose connection comes from `source` (any local address when `None`).
+pub async fn request_from(source: Option<IpAddr>, method: Method, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(source);
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let mut builder = Request::builder().method(method).uri(url);
     for (name, value) in headers {
         builder = builder.header(*name, *value);

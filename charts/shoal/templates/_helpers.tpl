@@ -138,6 +138,9 @@ list and rendered with toYaml, so that any value is quoted correctly.
 {{- with .Values.mirroredRegistries }}
 {{- $args = append $args (printf "--mirrored-registries=%s" (join "," .)) -}}
 {{- end }}
+{{- with .Values.privateRegistries }}
+{{- $args = append $args (printf "--private-registries=%s" (join "," .)) -}}
+{{- end }}
 {{- $args = concat $args (list
   (printf "--resolve-timeout=%s" $c.resolveTimeout)
   (printf "--peer-connect-timeout=%s" $c.peerConnectTimeout)
@@ -154,4 +157,14 @@ list and rendered with toYaml, so that any value is quoted correctly.
   (printf "--log-format=%s" $c.logFormat)
   (printf "--log-level=%s" $c.logLevel)) -}}
 {{- toYaml $args -}}
+{{- end -}}
+
+{{/* The Secret holding the pre-shared key: the user's, or the one the chart creates. */}}
+{{- define "shoal.pskSecretName" -}}
+{{- .Values.psk.existingSecret | default (printf "%s-psk" (include "shoal.fullname" .)) -}}
+{{- end -}}
+
+{{/* Where the pre-shared key's Secret is mounted in the shoal container. */}}
+{{- define "shoal.pskDir" -}}
+/etc/shoal/psk
 {{- end -}}

@@ -8,6 +8,7 @@ downward API, the privileges are the documented ones, the monitoring objects
 carry the exact rule and dashboard files, and the schema rejects bad values.
 """
 
+import base64
 import json
 import os
 import re
@@ -277,6 +278,52 @@ class NonDefaultValues(unittest.TestCase):
         self.assertEqual(cm["metadata"]["annotations"], {"grafana_folder": "Shoal"})
 
 
+def volume(pod, name):
+    (found,) = [v for v in pod["volumes"] if v["name"] == name]
+    return found
+
+
+class PrivateNetwork(unittest.TestCase):
+    KEY_FILE = re.compile(r"/key/swarm/psk/1\.0\.0/\n/base16/\n[0-9a-f]{64}\n")
+
+    def test_off_by_default(self):
+        docs = render()
+        _, _, main = containers(docs)
+        self.assertEqual(by_kind(docs, "Secret"), [])
+        self.assertNotIn("SHOAL_P2P_PSK_FILE", env(main))
+        self.assertNotIn("psk", {m["name"] for m in main["volumeMounts"]})
+        self.assertIsNone(flag(main["args"], "private-registries"))
+
+    def test_a_generated_key_is_a_swarm_key_mounted_where_the_env_points(self):
+        docs = render("--set", "psk.enabled=true")
+        pod, init, main = containers(docs)
+        secret = one(docs, "Secret")
+        self.assertEqual(secret["metadata"]["namespace"], NAMESPACE)
+        key_file = base64.b64decode(secret["data"]["swarm.key"]).decode()
+        self.assertRegex(key_file, self.KEY_FILE)
+        self.assertNotEqual(key_file, base64.b64decode(
+            one(render("--set", "psk.enabled=true"), "Secret")["data"]["swarm.key"]).decode(),
+            "each install draws its own key")
+        psk = volume(pod, "psk")["secret"]
+        self.assertEqual(psk["secretName"], secret["metadata"]["name"])
+        (mount,) = [m for m in main["volumeMounts"] if m["name"] == "psk"]
+        self.assertTrue(mount["readOnly"])
+        self.assertEqual(env(main)["SHOAL_P2P_PSK_FILE"], f"{mount['mountPath']}/{psk['items'][0]['path']}")
+        self.assertNotIn("SHOAL_P2P_PSK_FILE", env(init), "configure needs no key")
+
+    def test_an_existing_secret_is_used_and_none_is_created(self):
+        docs = render("--set", "psk.enabled=true,psk.existingSecret=corp-swarm,psk.secretKey=key")
+        pod, _, main = containers(docs)
+        self.assertEqual(by_kind(docs, "Secret"), [])
+        self.assertEqual(volume(pod, "psk")["secret"]["secretName"], "corp-swarm")
+        self.assertEqual(volume(pod, "psk")["secret"]["items"], [{"key": "key", "path": "key"}])
+        self.assertTrue(env(main)["SHOAL_P2P_PSK_FILE"].endswith("/key"))
+
+    def test_private_registries_are_passed(self):
+        _, _, main = containers(render("--set", "privateRegistries={registry.corp.example,127.0.0.200:5000}"))
+        self.assertEqual(flag(main["args"], "private-registries"), "registry.corp.example,127.0.0.200:5000")
+
+
 class SchemaRejectsBadValues(unittest.TestCase):
     def assert_rejected(self, set_arg, path_fragment):
         code, _, err = helm_template("--set", set_arg)
@@ -300,6 +347,9 @@ class SchemaRejectsBadValues(unittest.TestCase):
         self.assert_rejected("containerd.socket=containerd.sock", "/containerd/socket")
         self.assert_rejected("mirroredRegistries={docker.io/library}", "/mirroredRegistries/0")
         self.assert_rejected("bootstrap.peers={192.0.2.10:5001}", "/bootstrap/peers/0")
+        self.assert_rejected("privateRegistries={https://registry.corp.example/team}", "/privateRegistries/0")
+        self.assert_rejected("psk.existingSecret=Not_A_Name", "/psk/existingSecret")
+        self.assert_rejected("psk.enabled=yes", "/psk/enabled")
 
     def test_extra_args_cannot_repeat_a_flag_the_chart_passes(self):
         # clap rejects a flag given twice: the pod would crash-loop.

@@ -155,3 +155,52 @@ async fn an_unreadable_manifest_is_skipped_not_fatal() {
     assert!(changes.added.contains(&Key::Tag(tag("registry.test/good:v1"))));
     assert!(index.tag(&tag("registry.test/good:v1")).is_some());
 }
+
+fn private_index(store: &MemoryStore) -> ContentIndex {
+    ContentIndex::new(Arc::new(store.clone())).with_private_registries(vec!["private.test".parse().unwrap()])
+}
+
+#[tokio::test]
+async fn private_images_are_indexed_but_none_of_their_keys_is_advertised() {
+    let store = MemoryStore::new();
+    let secret = manifest(&store, "secret", &[("shared-base", true), ("secret-layer", true)]);
+    let public = manifest(&store, "public", &[("shared-base", true), ("public-layer", true)]);
+    store.put_image("private.test/team/app:v1", secret.clone());
+    store.put_image(&format!("private.test/team/app@{}", secret.digest), secret.clone());
+    store.put_image("registry.test/app:v1", public.clone());
+    let index = private_index(&store);
+    let changes = index.rescan().await.unwrap();
+
+    let keys = index.keys();
+    assert_eq!(changes.added, keys);
+    assert!(!keys.contains(&Key::Tag(tag("private.test/team/app:v1"))));
+    for private in [secret.digest, Digest::of(b"secret-layer"), Digest::of(b"shared-base")] {
+        assert!(!keys.contains(&Key::Digest(private)), "{private} is referenced by a private image");
+        assert!(index.blob(&private).unwrap().private, "still held, marked private");
+    }
+    assert!(keys.contains(&Key::Tag(tag("registry.test/app:v1"))));
+    assert!(keys.contains(&Key::Digest(Digest::of(b"public-layer"))));
+    assert!(!index.blob(&public.digest).unwrap().private);
+    let (digest, blob) = index.tag(&tag("private.test/team/app:v1")).unwrap();
+    assert_eq!((digest, blob.private), (secret.digest, true), "local clients still resolve the private tag");
+}
+
+#[tokio::test]
+async fn a_shared_blob_is_withdrawn_when_a_private_image_arrives_and_returns_when_it_goes() {
+    let store = MemoryStore::new();
+    let public = manifest(&store, "public", &[("shared-base", true)]);
+    store.put_image("registry.test/app:v1", public);
+    let index = private_index(&store);
+    index.rescan().await.unwrap();
+    let shared = Key::Digest(Digest::of(b"shared-base"));
+    assert!(index.keys().contains(&shared));
+
+    let secret = manifest(&store, "secret", &[("shared-base", true)]);
+    store.put_image("private.test/app:v1", secret);
+    let changes = index.refresh_image("private.test/app:v1").await.unwrap();
+    assert_eq!(changes.removed, vec![shared.clone()], "only the shared blob changes: nothing private is added");
+    assert!(changes.added.is_empty());
+
+    let changes = index.remove_image("private.test/app:v1");
+    assert_eq!(changes.added, vec![shared]);
+}

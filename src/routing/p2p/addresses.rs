@@ -114,14 +114,14 @@ impl AddressBook {
         }
     }
 
-    /// The usable addresses `peer` announced, if any.
-    pub(super) fn addresses(&self, peer: &PeerId) -> Option<&[Multiaddr]> {
-        self.announced.get(peer).map(Vec::as_slice)
-    }
-
     /// The registry endpoint of `peer`, if it announced a usable address.
     pub(super) fn endpoint(&self, peer: &PeerId) -> Option<SocketAddr> {
         self.rule.endpoint(self.announced.get(peer)?)
+    }
+
+    /// The usable addresses `peer` announced, for dialling it.
+    pub(super) fn addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.announced.get(peer).cloned().unwrap_or_default()
     }
 
     fn usable(&self, addrs: &[Multiaddr]) -> Vec<Multiaddr> {

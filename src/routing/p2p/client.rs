@@ -5,7 +5,7 @@
 //! their replies with a time limit, and the state the swarm task publishes
 //! for synchronous readers (peer count, readiness). Never touches the swarm.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -21,6 +21,7 @@ use super::behaviour::QUERY_TIMEOUT;
 use super::bootstrap::Target;
 use super::bulk::BulkOutcome;
 use super::known::KnownPeer;
+use super::peer_ips::PeerIps;
 use crate::oci::Key;
 use crate::routing::{Error, Links, Peer, PeerName, Router};
 
@@ -91,6 +92,8 @@ pub(super) struct Shared {
     listen_addrs: Mutex<Vec<SocketAddr>>,
     /// Connection state per peer, fed by the swarm task.
     pub(super) links: Links,
+    /// Connected peers' IP addresses (a std mutex: never held across an await).
+    pub(super) peer_ips: Mutex<PeerIps>,
 }
 
 impl Shared {
@@ -123,6 +126,10 @@ impl Shared {
         self.listen_addrs.lock().unwrap_or_else(PoisonError::into_inner).contains(&addr)
     }
 
+    pub(super) fn peer_ips(&self) -> std::sync::MutexGuard<'_, PeerIps> {
+        self.peer_ips.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn is_ready(&self) -> bool {
         !self.closed.load(Ordering::Relaxed) && (self.connected() > 0 || self.alone.load(Ordering::Relaxed))
     }
@@ -150,6 +157,14 @@ impl P2pRouter {
     /// This node's name, as other peers see it in lookups.
     pub fn local_name(&self) -> PeerName {
         self.local_name.clone()
+    }
+
+    /// Whether `ip` is an address of a peer connected now: one its
+    /// connection comes from, or one it announces. Every connected peer
+    /// passed the transport's checks (noise, and the pre-shared key when
+    /// the network has one). Cheap: one hash lookup under a short lock.
+    pub fn is_connected_ip(&self, ip: IpAddr) -> bool {
+        self.shared.peer_ips().contains(ip)
     }
 
     /// The peers of the routing table with their announced router addresses,

@@ -48,6 +48,9 @@ pub(super) struct EventLoop {
     bootstrapped: bool,
     bulk: Bulk,
     shunned: Shunned,
+    /// Dial every provider a lookup finds, not only those without a known
+    /// address: in a private network a registry serves connected peers only.
+    connect_providers: bool,
 }
 
 impl EventLoop {
@@ -61,7 +64,25 @@ impl EventLoop {
         let lookups = Lookups::new(*swarm.local_peer_id());
         let provides = HashMap::new();
         let shunned = Shunned::default();
-        Self { swarm, commands, shared, book, lookups, provides, bootstrapped: false, bulk, shunned }
+        let connect_providers = false;
+        Self {
+            swarm,
+            commands,
+            shared,
+            book,
+            lookups,
+            provides,
+            bootstrapped: false,
+            bulk,
+            shunned,
+            connect_providers,
+        }
+    }
+
+    /// Connects to every provider found (see `connect_providers`).
+    pub(super) fn connecting_to_providers(mut self, connect: bool) -> Self {
+        self.connect_providers = connect;
+        self
     }
 
     pub(super) async fn run(mut self, token: CancellationToken) {
@@ -127,8 +148,9 @@ impl EventLoop {
         let stored = self.stored_providers(&key);
         let query = self.kad().get_providers(key);
         self.lookups.start(query, limit, deadline, results);
-        let to_dial = self.lookups.found(query, stored, &self.book);
+        let to_dial = self.lookups.found(query, stored.iter().copied(), &self.book);
         self.dial_providers(to_dial);
+        self.connect(stored);
     }
 
     /// Unexpired providers of `key` in the local store, learning their addresses.
@@ -149,6 +171,27 @@ impl EventLoop {
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(%peer, error = %e, "cannot dial provider");
                 self.lookups.unreachable(peer);
+            }
+        }
+    }
+
+    /// Opens a connection to each of `providers` not connected yet, when
+    /// `connect_providers` is set. A failed dial only costs the fetch a 403.
+    fn connect(&mut self, providers: impl IntoIterator<Item = PeerId>) {
+        if !self.connect_providers {
+            return;
+        }
+        let local = *self.swarm.local_peer_id();
+        for peer in providers {
+            if peer == local || self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let opts = DialOpts::peer_id(peer)
+                .addresses(self.book.addresses(&peer))
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "not dialling provider");
             }
         }
     }
@@ -185,9 +228,10 @@ impl EventLoop {
         if !self.shunned.lift(&mut self.swarm, peer) && self.swarm.is_connected(&peer) {
             return;
         }
-        let Some(addrs) = self.book.addresses(&peer).map(<[_]>::to_vec) else {
+        let addrs = self.book.addresses(&peer);
+        if addrs.is_empty() {
             return;
-        };
+        }
         for addr in &addrs {
             self.kad().add_address(&peer, addr.clone());
         }
@@ -226,14 +270,18 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.on_ping(event),
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
+                if let Some(remote) = tcp_socket_addr(endpoint.get_remote_address()) {
+                    self.shared.peer_ips().connected(peer_id, connection_id, remote.ip());
+                }
                 self.shared.set_connected(self.swarm.connected_peers().count());
                 if num_established.get() == 1 {
                     let endpoint = self.book.endpoint(&peer_id);
                     self.shared.links.record(LinkEvent::Up { peer: peer_name(&peer_id), endpoint });
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
+                self.shared.peer_ips().disconnected(peer_id, connection_id);
                 self.shared.set_connected(self.swarm.connected_peers().count());
                 if num_established == 0 {
                     tracing::debug!(peer = %peer_id, ?cause, "last connection to peer closed");
@@ -261,6 +309,8 @@ impl EventLoop {
 
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
         self.book.learn_from_identify(peer, &info.listen_addrs);
+        let announced = info.listen_addrs.iter().filter_map(tcp_socket_addr).map(|s| s.ip());
+        self.shared.peer_ips().announced(peer, announced.filter(|ip| !ip.is_unspecified()));
         self.lookups.resolved(peer, &self.book);
         if let Some(endpoint) = self.book.endpoint(&peer)
             && self.swarm.is_connected(&peer)
@@ -322,8 +372,9 @@ impl EventLoop {
             }
             kad::QueryResult::GetProviders(outcome) => {
                 if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = outcome {
-                    let to_dial = self.lookups.found(id, providers, &self.book);
+                    let to_dial = self.lookups.found(id, providers.iter().copied(), &self.book);
                     self.dial_providers(to_dial);
+                    self.connect(providers);
                 }
                 if step.last {
                     self.lookups.query_finished(id);

@@ -18,6 +18,8 @@
 //! - `known`: the routing table's peers for the peer store, and re-dialling them.
 //! - `shun`: peers taken out of routing (and blocked) while they do not answer.
 //! - `transport`: TCP + noise + yamux, dialling from fresh ports.
+//! - [`swarm_key`]: the optional pre-shared key of a private network.
+//! - `peer_ips`: the IP addresses of connected peers, for access control.
 
 mod addresses;
 mod announce;
@@ -29,7 +31,9 @@ mod event_loop;
 mod identity;
 mod known;
 mod lookups;
+mod peer_ips;
 mod shun;
+pub mod swarm_key;
 mod transport;
 
 use std::net::SocketAddr;
@@ -45,6 +49,7 @@ pub use bootstrap::{BootstrapPeer, BootstrapPeerError};
 pub use client::P2pRouter;
 pub use identity::Identity;
 pub use known::KnownPeer;
+pub use swarm_key::{SwarmKey, SwarmKeyError};
 
 use addresses::{AddressBook, EndpointRule, tcp_multiaddr};
 use behaviour::Behaviour;
@@ -72,6 +77,9 @@ pub struct P2pConfig {
     /// How long a lookup may take before its stream ends.
     pub resolve_timeout: Duration,
     pub identity: Identity,
+    /// The private network's pre-shared key: only nodes with the same key
+    /// can connect. `None` is an open network (noise still authenticates).
+    pub swarm_key: Option<SwarmKey>,
 }
 
 impl P2pConfig {
@@ -88,6 +96,7 @@ impl P2pConfig {
             provider_ttl: Self::DEFAULT_PROVIDER_TTL,
             resolve_timeout: Self::DEFAULT_RESOLVE_TIMEOUT,
             identity,
+            swarm_key: None,
         }
     }
 }
@@ -122,10 +131,16 @@ pub async fn start(config: P2pConfig, token: CancellationToken, tracker: &TaskTr
     let (commands, inbox) = mpsc::channel(COMMAND_CAPACITY);
     let router = P2pRouter::new(commands, shared.clone(), config.identity.name(), config.resolve_timeout);
     let book = AddressBook::new(EndpointRule::new(config.listen.ip(), config.registry_port));
+    match &config.swarm_key {
+        Some(key) => tracing::info!(fingerprint = %key.fingerprint(), "p2p network is private (pre-shared key)"),
+        None => tracing::info!("p2p network is open: no pre-shared key"),
+    }
     tracing::info!(name = %router.local_name(), listen = %config.listen, "starting p2p router");
 
     let bulk = Bulk::new(config.provider_ttl);
-    tracker.spawn(EventLoop::new(swarm, inbox, shared.clone(), book, bulk).run(token.clone()));
+    let event_loop =
+        EventLoop::new(swarm, inbox, shared.clone(), book, bulk).connecting_to_providers(config.swarm_key.is_some());
+    tracker.spawn(event_loop.run(token.clone()));
     if !plan.is_empty() {
         tracker.spawn(bootstrap::run(plan, router.clone(), shared, token));
     }
@@ -140,9 +155,10 @@ fn ensure_address_free(addr: SocketAddr) -> Result<(), Error> {
 
 fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, Error> {
     let provider_ttl = config.provider_ttl;
+    let swarm_key = config.swarm_key;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.identity.keypair().clone())
         .with_tokio()
-        .with_other_transport(transport::build)
+        .with_other_transport(|keypair| transport::build(keypair, swarm_key))
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_behaviour(|key| Behaviour::new(key, provider_ttl))
         .map_err(|e| Error::Transport(e.to_string()))?
