@@ -65,18 +65,7 @@ impl EventLoop {
         let provides = HashMap::new();
         let shunned = Shunned::default();
         let connect_providers = false;
-        Self {
-            swarm,
-            commands,
-            shared,
-            book,
-            lookups,
-            provides,
-            bootstrapped: false,
-            bulk,
-            shunned,
-            connect_providers,
-        }
+        Self { swarm, commands, shared, book, lookups, provides, bootstrapped: false, bulk, shunned, connect_providers }
     }
 
     /// Connects to every provider found (see `connect_providers`).
