@@ -69,9 +69,9 @@ pub const WARM_UP_SAMPLES: usize = 10;
 /// Fewest samples after warm-up for a process to be checked for leaks.
 pub const MIN_SAMPLES: usize = 15;
 /// Most a process's resident memory may grow from the first to the last third.
-pub const RSS_GROWTH_MAX: i64 = 48 * MIB as i64;
+pub const RSS_GROWTH_MAX: i64 = 16 * MIB as i64;
 /// Most a process's open descriptors may grow from the first to the last third.
-pub const FD_GROWTH_MAX: i64 = 64;
+pub const FD_GROWTH_MAX: i64 = 32;
 /// Slowloris connections held open against each node at any time.
 const SLOWLORIS_PER_TARGET: usize = 8;
 /// Pause between two operations of one bad client.
