@@ -4,6 +4,7 @@
 //! process's early samples with its late ones. A restarted process is a new
 //! series: it is only ever compared to itself. Reads, never signals.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -27,6 +28,23 @@ pub fn usage(pid: u32) -> Result<Usage> {
         .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).with_context(|| format!("list fds of {pid}"))?.count();
     Ok(Usage { rss_bytes: rss_kib * 1024, fds: fds as u64 })
+}
+
+/// `pid`'s open descriptors by what they are: `socket`, `pipe`, `file`, or
+/// the `anon_inode` kind (`[eventpoll]`, `[eventfd]`, ...): where a leak is.
+pub fn fd_kinds(pid: u32) -> Result<BTreeMap<String, u64>> {
+    let mut kinds = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).with_context(|| format!("list fds of {pid}"))? {
+        let Ok(target) = std::fs::read_link(entry?.path()) else { continue };
+        let target = target.to_string_lossy();
+        let kind = match target.split_once(':') {
+            Some(("anon_inode", what)) => format!("anon_inode:{what}"),
+            Some((kind @ ("socket" | "pipe"), _)) => kind.to_owned(),
+            _ => "file".to_owned(),
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    Ok(kinds)
 }
 
 /// The samples of one process (one PID of one node).

@@ -81,7 +81,14 @@ const BAD_CLIENT_PACE: Duration = Duration::from_millis(200);
 async fn soak_pulls_never_fail_and_shoal_does_not_leak_under_churn_and_bad_clients() -> Result<()> {
     let duration = soak_duration()?;
     let started = Instant::now();
-    let mut s = Scenario::start("soak", &ClusterOptions::with_shoal(NODES)).await?;
+    // Popular replication would pull the lanes' images back into the pullers'
+    // containerd after the lanes removed them (they are pulled from node 1
+    // far more often than its threshold): off, so that every pull fetches.
+    let options = ClusterOptions {
+        shoal_args: vec!["--popular-replicas".into(), "0".into()],
+        ..ClusterOptions::with_shoal(NODES)
+    };
+    let mut s = Scenario::start("soak", &options).await?;
     let images = seed_images(&s).await?;
     eprintln!("[soak] cluster up and images seeded in {:.1} s", started.elapsed().as_secs_f64());
 

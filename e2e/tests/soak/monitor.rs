@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use shoal_e2e::Cluster;
-use shoal_e2e::resources::Sampler;
+use shoal_e2e::resources::{Sampler, fd_kinds};
 use tokio::time::Instant;
 
 /// One process's counters: at its first and at its last scrape.
@@ -25,12 +25,23 @@ pub struct Monitor {
     /// By PID: (first, last) scrape.
     counters: BTreeMap<u32, (Totals, Totals)>,
     pub scrape_failures: u64,
+    /// By PID: open descriptors by kind at the first and at the latest sample with `fd_kinds`.
+    pub fd_kinds: BTreeMap<u32, (FdKinds, FdKinds)>,
 }
+
+type FdKinds = BTreeMap<String, u64>;
 
 impl Monitor {
     pub fn new(nodes: usize) -> Self {
         let sampler = Sampler::default();
-        Self { start: Instant::now(), nodes, sampler, counters: BTreeMap::new(), scrape_failures: 0 }
+        Self {
+            start: Instant::now(),
+            nodes,
+            sampler,
+            counters: BTreeMap::new(),
+            scrape_failures: 0,
+            fd_kinds: BTreeMap::new(),
+        }
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -48,6 +59,10 @@ impl Monitor {
             self.sampler.sample(node, pid, at)?;
             if !scrape {
                 continue;
+            }
+            if let Ok(kinds) = fd_kinds(pid) {
+                let first = self.fd_kinds.get(&pid).map_or_else(|| kinds.clone(), |(first, _)| first.clone());
+                self.fd_kinds.insert(pid, (first, kinds));
             }
             match shoal.metrics().await {
                 Ok(metrics) => {
