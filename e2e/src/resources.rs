@@ -30,21 +30,75 @@ pub fn usage(pid: u32) -> Result<Usage> {
     Ok(Usage { rss_bytes: rss_kib * 1024, fds: fds as u64 })
 }
 
-/// `pid`'s open descriptors by what they are: `socket`, `pipe`, `file`, or
-/// the `anon_inode` kind (`[eventpoll]`, `[eventfd]`, ...): where a leak is.
+/// `pid`'s open descriptors by what they are: TCP sockets by state and
+/// port (`tcp ESTABLISHED on :5000`, `tcp CLOSE_WAIT to :5001`), `socket`
+/// (unix and others), `pipe`, `file`, or the `anon_inode` kind: where a leak is.
 pub fn fd_kinds(pid: u32) -> Result<BTreeMap<String, u64>> {
+    let tcp = tcp_sockets(pid);
     let mut kinds = BTreeMap::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).with_context(|| format!("list fds of {pid}"))? {
         let Ok(target) = std::fs::read_link(entry?.path()) else { continue };
         let target = target.to_string_lossy();
         let kind = match target.split_once(':') {
             Some(("anon_inode", what)) => format!("anon_inode:{what}"),
-            Some((kind @ ("socket" | "pipe"), _)) => kind.to_owned(),
+            Some(("socket", inode)) => {
+                let inode = inode.trim_matches(['[', ']']).parse::<u64>().unwrap_or_default();
+                tcp.get(&inode).cloned().unwrap_or_else(|| "socket".to_owned())
+            }
+            Some(("pipe", _)) => "pipe".to_owned(),
             _ => "file".to_owned(),
         };
         *kinds.entry(kind).or_default() += 1;
     }
     Ok(kinds)
+}
+
+/// Ports a Shoal node listens on: a socket on one of them is an accepted connection.
+const SERVER_PORTS: [u16; 3] = [5000, 5001, 9090];
+
+/// TCP sockets in `pid`'s network namespace by inode, described by state and port.
+fn tcp_sockets(pid: u32) -> BTreeMap<u64, String> {
+    let mut sockets = BTreeMap::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(2), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let port = |address: &str| u16::from_str_radix(address.rsplit(':').next().unwrap_or(""), 16).ok();
+            let (Some(local_port), Some(remote_port), Ok(inode)) = (port(local), port(remote), inode.parse::<u64>())
+            else {
+                continue;
+            };
+            let role = if SERVER_PORTS.contains(&local_port) {
+                format!("on :{local_port}")
+            } else {
+                format!("to :{remote_port}")
+            };
+            sockets.insert(inode, format!("tcp {} {role}", tcp_state(state)));
+        }
+    }
+    sockets
+}
+
+fn tcp_state(hex: &str) -> &'static str {
+    match hex {
+        "01" => "ESTABLISHED",
+        "02" => "SYN_SENT",
+        "03" => "SYN_RECV",
+        "04" => "FIN_WAIT1",
+        "05" => "FIN_WAIT2",
+        "06" => "TIME_WAIT",
+        "07" => "CLOSE",
+        "08" => "CLOSE_WAIT",
+        "09" => "LAST_ACK",
+        "0A" => "LISTEN",
+        "0B" => "CLOSING",
+        _ => "OTHER",
+    }
 }
 
 /// The samples of one process (one PID of one node).
@@ -86,6 +140,19 @@ impl Series {
             fds: median(last, |u| u.fds) - median(first, |u| u.fds),
             samples: kept.len(),
         })
+    }
+
+    /// The median of a reading in each of `parts` equal slices of the samples: the trajectory.
+    pub fn medians(&self, parts: usize, f: fn(&Usage) -> u64) -> Vec<u64> {
+        let size = self.samples.len().div_ceil(parts.max(1)).max(1);
+        self.samples
+            .chunks(size)
+            .map(|chunk| {
+                let mut values: Vec<u64> = chunk.iter().map(|(_, u)| f(u)).collect();
+                values.sort_unstable();
+                values[values.len() / 2]
+            })
+            .collect()
     }
 
     /// (min, max) of a reading over every sample.
@@ -149,6 +216,21 @@ mod tests {
         let s = series(&[(1, 1), (2, 2), (3, 3)]);
         assert_eq!(s.growth(1, 3), None);
         assert_eq!(s.growth(5, 1), None);
+    }
+
+    #[test]
+    fn medians_follow_the_trajectory() {
+        let s = series(&[(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]);
+        assert_eq!(s.medians(2, |u| u.fds), vec![2, 5]);
+        assert_eq!(s.medians(10, |u| u.fds), vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn our_own_descriptors_are_read_by_kind() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let kinds = fd_kinds(std::process::id()).unwrap();
+        assert!(kinds.get("tcp LISTEN to :0").is_some_and(|n| *n >= 1), "{kinds:?}");
+        drop(listener);
     }
 
     #[test]

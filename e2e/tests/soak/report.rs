@@ -102,6 +102,9 @@ struct ProcessGrowth {
     samples: usize,
     rss_growth_mib: f64,
     fd_growth: i64,
+    /// Medians of each tenth of the process's life: RSS in MiB, open fds.
+    rss_mib_by_tenth: Vec<f64>,
+    fds_by_tenth: Vec<u64>,
     /// Open descriptors by kind at the first and at the last scrape.
     fds_first: BTreeMap<String, u64>,
     fds_last: BTreeMap<String, u64>,
@@ -277,6 +280,8 @@ fn node_report(monitor: &Monitor, node: usize) -> NodeReport {
                 samples: growth.samples,
                 rss_growth_mib: growth.rss_bytes as f64 / MIB,
                 fd_growth: growth.fds,
+                rss_mib_by_tenth: s.medians(10, |u| u.rss_bytes).iter().map(|b| *b as f64 / MIB).collect(),
+                fds_by_tenth: s.medians(10, |u| u.fds),
                 fds_first: monitor.fd_kinds.get(&s.pid).map(|k| k.0.clone()).unwrap_or_default(),
                 fds_last: monitor.fd_kinds.get(&s.pid).map(|k| k.1.clone()).unwrap_or_default(),
             })
