@@ -64,10 +64,14 @@ const SEED: u64 = 0x50a4_5eed;
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Metrics are scraped at every this many samples.
 const SCRAPE_EVERY: u64 = 5;
-/// Samples of each process left out of the leak check (start-up and warm-up).
-pub const WARM_UP_SAMPLES: usize = 10;
+/// Samples of each process left out of the leak check (start-up and warm-up):
+/// a third of its samples, at least 10 and at most 45. Under this load a
+/// puller's accepted registry connections ramp up for about 30 s (idle
+/// keep-alive connections of containerd's clients), then stay level.
+pub const WARM_UP_MIN: usize = 10;
+pub const WARM_UP_MAX: usize = 45;
 /// Fewest samples after warm-up for a process to be checked for leaks.
-pub const MIN_SAMPLES: usize = 15;
+pub const MIN_SAMPLES: usize = 9;
 /// Most a process's resident memory may grow from the first to the last third.
 pub const RSS_GROWTH_MAX: i64 = 16 * MIB as i64;
 /// Most a process's open descriptors may grow from the first to the last third.

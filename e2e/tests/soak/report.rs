@@ -16,7 +16,7 @@ use shoal_e2e::resources::Usage;
 use crate::churn::Churn;
 use crate::monitor::Monitor;
 use crate::pulls::PullEvent;
-use crate::{FD_GROWTH_MAX, LANES, MAX_PULLS, MIN_SAMPLES, NODES, PULLERS, RSS_GROWTH_MAX, WARM_UP_SAMPLES};
+use crate::{FD_GROWTH_MAX, LANES, MAX_PULLS, MIN_SAMPLES, NODES, PULLERS, RSS_GROWTH_MAX, WARM_UP_MAX, WARM_UP_MIN};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// Failed pulls listed in the report.
@@ -274,7 +274,8 @@ fn node_report(monitor: &Monitor, node: usize) -> NodeReport {
     let processes_checked = series
         .iter()
         .filter_map(|s| {
-            let growth = s.growth(WARM_UP_SAMPLES, MIN_SAMPLES)?;
+            let warm_up = (s.samples.len() / 3).clamp(WARM_UP_MIN, WARM_UP_MAX);
+            let growth = s.growth(warm_up, MIN_SAMPLES)?;
             Some(ProcessGrowth {
                 pid: s.pid,
                 samples: growth.samples,
