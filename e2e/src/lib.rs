@@ -11,6 +11,9 @@
 //! - [`metrics`]: scraping and reading a Shoal node's Prometheus counters.
 //! - [`prometheus`]: a real Prometheus scraping the nodes, queried through its HTTP API.
 //! - [`shim`]: a corrupting proxy in front of a node's registry; [`probe`]: a bare DHT node that sees providers.
+//! - [`load`]: what the load tests share (a verified pull cycle, byte accounting, a seeded PRNG).
+//! - [`resources`]: a process's resident memory and open fds from /proc, sampled, and the leak check.
+//! - [`bad_clients`]: misbehaving HTTP clients (slowloris, garbage, oversized headers, ...) as bounded tasks.
 //! - [`scenario`]: what the scenario tests share (a cluster, images, timed pulls, where bytes came from).
 //! - [`process`], [`wait`], [`http`]: process guards, bounded polling, a small HTTP client.
 //! - [`demo`]: the scenario behind `shoal-e2e demo`.
@@ -19,6 +22,7 @@
 //! process is killed by PID when its guard drops, also when a test panics;
 //! the run directory and firewall chains are removed likewise.
 
+pub mod bad_clients;
 pub mod cluster;
 pub mod containerd;
 pub mod cri;
@@ -27,12 +31,14 @@ pub mod demo;
 pub mod http;
 pub mod image;
 pub mod iptables;
+pub mod load;
 pub mod metrics;
 pub mod node;
 pub mod probe;
 pub mod process;
 pub mod prometheus;
 pub mod registry;
+pub mod resources;
 pub mod scenario;
 pub mod shim;
 pub mod shoal;

@@ -12,15 +12,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use futures::future::try_join_all;
-use shoal_e2e::cri::Cri;
-use shoal_e2e::scenario::{KIB, MIB, Scenario, verify_content_in};
-use shoal_e2e::wait::poll_until;
+use shoal_e2e::load::{
+    FetchedBytes, PullDone, PullTarget, PullerCounters, SplitMix64, fetched_bytes, percentile, pull_verify_remove,
+};
+use shoal_e2e::scenario::{KIB, MIB, Scenario};
 use shoal_e2e::{BuiltImage, Cluster, ClusterOptions, ImageSpec};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -38,10 +37,6 @@ const _: () = assert!(PULLS.is_multiple_of(LANES), "every lane runs the same num
 const CHURN_SEED: u64 = 0x5eed_c4a2;
 /// Generous bound on one pull (a healthy one takes well under a second).
 const PULL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bound on containerd's GC dropping a removed image's blobs.
-const GC_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound on the upstream's access log catching up with the last pulls.
-const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 /// Layer sizes of each lane's image: a few hundred KiB to a couple of MiB.
 const LAYERS: [&[u64]; LANES] =
     [&[4 * KIB, 256 * KIB, MIB], &[64 * KIB, 512 * KIB], &[16 * KIB, 128 * KIB, 768 * KIB], &[2 * MIB]];
@@ -54,7 +49,7 @@ async fn churn_every_pull_succeeds_while_holders_are_killed_and_restarted() -> R
     let images = seed_images(&s).await?;
     eprintln!("[churn] cluster up and images seeded in {:.2} s", started.elapsed().as_secs_f64());
 
-    let before = PullerCounters::read(&s).await?;
+    let before = PullerCounters::read(&s, &PULLERS).await?;
     let mark = s.upstream_mark()?;
     let pulls_started = Instant::now();
     let (outcome, churn) = run_pulls_under_churn(&mut s, &images).await?;
@@ -63,7 +58,7 @@ async fn churn_every_pull_succeeds_while_holders_are_killed_and_restarted() -> R
     ensure!(outcome.times.len() == PULLS, "{} of {PULLS} pulls finished", outcome.times.len());
     ensure!(churn.kills >= PULLS / CHURN_EVERY - 1, "only {} kills happened", churn.kills);
     ensure!(churn.restarts == churn.kills, "{} kills but {} restarts", churn.kills, churn.restarts);
-    let bytes = fetched_bytes(&s, &before, mark, outcome.needed_blob_bytes).await?;
+    let bytes = fetched_bytes(&s, &PULLERS, &before, mark, outcome.needed_blob_bytes).await?;
     report(&outcome, &churn, &bytes, pulls_took);
     s.finish().await?;
     eprintln!("[churn] whole test in {:.2} s", started.elapsed().as_secs_f64());
@@ -110,12 +105,6 @@ struct Outcome {
     needed_blob_bytes: u64,
 }
 
-/// One finished, verified and removed pull.
-struct PullDone {
-    elapsed: Duration,
-    blob_bytes: u64,
-}
-
 /// Runs the lanes and, in this task, the churn steps driven by their count of finished pulls.
 async fn run_pulls_under_churn(s: &mut Scenario, images: &[BuiltImage]) -> Result<(Outcome, Churn)> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
@@ -149,57 +138,30 @@ struct Lane {
     image: BuiltImage,
     reference: String,
     pulls: usize,
-    /// (node, CRI client, containerd content directory) of each puller.
-    pullers: Vec<(usize, Cri, PathBuf)>,
+    pullers: Vec<PullTarget>,
 }
 
 impl Lane {
     fn new(s: &Scenario, index: usize, image: BuiltImage) -> Result<Self> {
-        let pullers = PULLERS
-            .iter()
-            .map(|&node| {
-                let n = s.cluster.node(node)?;
-                Ok((node, n.cri().clone(), n.content_dir()))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let pullers = PULLERS.iter().map(|&node| PullTarget::of(&s.cluster, node)).collect::<Result<Vec<_>>>()?;
         Ok(Self { index, reference: s.reference(&image), image, pulls: PULLS / LANES, pullers })
     }
 
     /// Pull, verify, remove, report; `pulls` times, rotating over the pullers.
     async fn run(self, done: mpsc::UnboundedSender<PullDone>) -> Result<()> {
-        let blob_bytes = self.image.host_platform()?.blob_bytes();
         for round in 0..self.pulls {
-            let (node, cri, content_dir) = &self.pullers[(round + self.index) % self.pullers.len()];
-            let what = format!("lane {} pull {round} of {} on node {node}", self.index, self.reference);
-            let pulled = cri.pull(&self.reference, PULL_TIMEOUT).await.with_context(|| what.clone())?;
-            verify_content_in(content_dir, &self.image).with_context(|| what.clone())?;
-            cri.remove(&pulled.image_ref).await.with_context(|| what.clone())?;
-            self.wait_blobs_gone(content_dir).await.with_context(|| what.clone())?;
-            done.send(PullDone { elapsed: pulled.elapsed, blob_bytes }).context("the test stopped listening")?;
+            let target = &self.pullers[(round + self.index) % self.pullers.len()];
+            let what = format!("lane {} pull {round} of {} on node {}", self.index, self.reference, target.node);
+            let pulled = pull_verify_remove(target, &self.image, &self.reference, PULL_TIMEOUT).await.context(what)?;
+            done.send(pulled).context("the test stopped listening")?;
         }
         Ok(())
-    }
-
-    /// Waits until containerd's GC dropped the image's layers, so that the next pull fetches them again.
-    async fn wait_blobs_gone(&self, content_dir: &std::path::Path) -> Result<()> {
-        let dir = content_dir.join("blobs/sha256");
-        let layers: Vec<PathBuf> = self
-            .image
-            .host_platform()?
-            .layers
-            .iter()
-            .filter_map(|d| d.digest.strip_prefix("sha256:").map(|hex| dir.join(hex)))
-            .collect();
-        poll_until("the removed image's layers to be garbage collected", GC_TIMEOUT, || async {
-            Ok(layers.iter().all(|path| !path.exists()).then_some(()))
-        })
-        .await
     }
 }
 
 /// The churn: at most one holder's Shoal is down at a time.
 struct Churn {
-    rng: u64,
+    rng: SplitMix64,
     down: Option<usize>,
     kills: usize,
     restarts: usize,
@@ -208,13 +170,13 @@ struct Churn {
 
 impl Churn {
     fn new(seed: u64) -> Self {
-        Self { rng: seed, down: None, kills: 0, restarts: 0, restart_times: Vec::new() }
+        Self { rng: SplitMix64::new(seed), down: None, kills: 0, restarts: 0, restart_times: Vec::new() }
     }
 
     /// Restarts the holder killed at the last step, then kills a random holder.
     async fn step(&mut self, cluster: &mut Cluster, finished: usize) -> Result<()> {
         self.restart_the_down_holder(cluster).await?;
-        let victim = HOLDERS[(self.next_random() % HOLDERS.len() as u64) as usize];
+        let victim = HOLDERS[self.rng.below(HOLDERS.len())];
         cluster.node_mut(victim)?.shoal()?.kill();
         self.down = Some(victim);
         self.kills += 1;
@@ -231,80 +193,6 @@ impl Churn {
         eprintln!("[churn] restarted node {node}'s Shoal in {:.2} s", start.elapsed().as_secs_f64());
         Ok(())
     }
-
-    /// SplitMix64: a seeded, replayable choice without a dependency.
-    fn next_random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-/// The pullers' Shoal counters (never restarted, so monotonic over the test).
-struct PullerCounters {
-    peer_blob_bytes: f64,
-    /// `shoal_peer_fetch_failures_total` by reason.
-    fetch_failures: BTreeMap<String, f64>,
-}
-
-impl PullerCounters {
-    async fn read(s: &Scenario) -> Result<Self> {
-        let mut counters = Self { peer_blob_bytes: 0.0, fetch_failures: BTreeMap::new() };
-        for node in PULLERS {
-            let metrics = s.metrics(node).await?;
-            counters.peer_blob_bytes +=
-                metrics.sum("shoal_bytes_served_total", &[("source", "peer"), ("kind", "blob")]);
-            let failures = metrics.samples.iter().filter(|m| m.name == "shoal_peer_fetch_failures_total");
-            for sample in failures {
-                let reason = sample.labels.get("reason").cloned().unwrap_or_default();
-                *counters.fetch_failures.entry(reason).or_default() += sample.value;
-            }
-        }
-        Ok(counters)
-    }
-}
-
-/// Where the pullers' blob bytes came from during the pulls.
-struct FetchedBytes {
-    from_peers: u64,
-    from_upstream: u64,
-    /// Failed peer fetches of the pullers during the pulls, by reason.
-    peer_fetch_failures: BTreeMap<String, f64>,
-}
-
-/// Waits (bounded) until peers and the upstream together account for every
-/// blob byte the pulls needed: each pull really fetched its image.
-async fn fetched_bytes(s: &Scenario, before: &PullerCounters, mark: usize, needed: u64) -> Result<FetchedBytes> {
-    let after = PullerCounters::read(s).await?;
-    let from_peers = (after.peer_blob_bytes - before.peer_blob_bytes) as u64;
-    let peer_fetch_failures = after
-        .fetch_failures
-        .iter()
-        .map(|(reason, n)| (reason.clone(), n - before.fetch_failures.get(reason).copied().unwrap_or_default()))
-        .filter(|(_, n)| *n > 0.0)
-        .collect();
-    let puller_ips = PULLERS.iter().map(|&n| s.ip(n)).collect::<Result<Vec<_>>>()?;
-    let upstream_bytes = || -> Result<u64> {
-        let by_client = s.upstream_log(mark)?.blob_bytes_by_client();
-        Ok(puller_ips.iter().filter_map(|ip| by_client.get(ip)).sum())
-    };
-    let waited = poll_until("peers and the upstream to account for every pulled blob byte", LOG_TIMEOUT, || async {
-        let from_upstream = upstream_bytes()?;
-        Ok((from_peers + from_upstream >= needed).then_some(from_upstream))
-    })
-    .await;
-    let from_upstream = match waited {
-        Ok(bytes) => bytes,
-        Err(err) => {
-            let from_upstream = upstream_bytes()?;
-            return Err(err.context(format!(
-                "the pulls needed {needed} blob bytes; peers gave {from_peers}, the upstream {from_upstream}"
-            )));
-        }
-    };
-    Ok(FetchedBytes { from_peers, from_upstream, peer_fetch_failures })
 }
 
 fn report(outcome: &Outcome, churn: &Churn, bytes: &FetchedBytes, pulls_took: Duration) {
@@ -335,13 +223,4 @@ fn report(outcome: &Outcome, churn: &Churn, bytes: &FetchedBytes, pulls_took: Du
         bytes.from_upstream,
         100.0 * bytes.from_upstream as f64 / total,
     );
-}
-
-/// The nearest-rank percentile of sorted `times`.
-fn percentile(times: &[Duration], p: f64) -> Duration {
-    if times.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p * times.len() as f64).ceil() as usize).clamp(1, times.len());
-    times[rank - 1]
 }
