@@ -153,13 +153,15 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
             Section::Pull => report.pull = Some(pull::run(&options.pull, &progress).await?),
             Section::Memory => report.memory = Some(memory::run(&options.memory, &progress).await?),
         }
+        // Written after every section, so that a later failure keeps what was measured.
+        report.machine.loadavg_end = procfs::loadavg();
+        report.write_json(&options.out_dir)?;
     }
     progress.finish();
     if let (Some(memory), Some(concurrent)) = (&mut report.memory, &report.concurrent) {
         let peak = concurrent.modes.iter().flat_map(|m| m.peak_rss_mib).fold(0.0, f64::max);
         memory.peak_under_load_mib = Some(peak);
     }
-    report.machine.loadavg_end = procfs::loadavg();
     report.write_json(&options.out_dir)?;
     plot::draw(&report, &options.out_dir)?;
     Ok(report)
