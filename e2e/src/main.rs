@@ -63,6 +63,9 @@ struct BenchArgs {
     /// Keys the idle node advertises in section e (default 10000).
     #[arg(long, env = "SHOAL_BENCH_KEYS")]
     keys: Option<usize>,
+    /// An earlier run's bench.json: sections not selected with --only are taken from it.
+    #[arg(long, env = "SHOAL_BENCH_MERGE")]
+    merge: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
@@ -82,6 +85,7 @@ impl BenchArgs {
         options.concurrent.blob_size = self.client_blob_size.unwrap_or(options.concurrent.blob_size);
         options.pull.rate = self.upstream_rate.unwrap_or(options.pull.rate);
         options.memory.keys = self.keys.unwrap_or(options.memory.keys);
+        options.merge = self.merge;
         options
     }
 }

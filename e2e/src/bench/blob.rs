@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::client::Fetcher;
 use super::fixture::{self, FETCH_TIMEOUT, PULL_TIMEOUT};
@@ -32,7 +32,7 @@ pub struct BlobOptions {
 }
 
 /// Results of section a.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BlobResult {
     pub blob_bytes: u64,
     pub reps: usize,
@@ -40,7 +40,7 @@ pub struct BlobResult {
 }
 
 /// One server's numbers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetResult {
     pub name: String,
     pub description: String,

@@ -8,8 +8,8 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use futures::future::try_join_all;
-use serde::Serialize;
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
 
 use super::client::Fetcher;
 use super::fixture::{self, FETCH_TIMEOUT, PULL_TIMEOUT, mib};
@@ -29,7 +29,7 @@ pub struct ConcurrentOptions {
 }
 
 /// Results of section b.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConcurrentResult {
     pub clients: usize,
     pub blob_bytes: u64,
@@ -38,7 +38,7 @@ pub struct ConcurrentResult {
 }
 
 /// One way of loading a node.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModeResult {
     pub name: String,
     /// The node the clients talk to.
@@ -48,6 +48,10 @@ pub struct ModeResult {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Requests that did not get their whole blob (e.g. a 404: containerd would go to the upstream).
+    pub failed_requests: usize,
+    /// The first such failure, if any.
+    pub first_failure: Option<String>,
     /// VmHWM of each node's Shoal (node 1, node 2), the largest over the repetitions.
     pub peak_rss_mib: [f64; 2],
     /// The largest VmRSS sampled every 50 ms (node 1, node 2).
@@ -93,6 +97,8 @@ pub async fn run(options: &ConcurrentOptions, progress: &Progress) -> Result<Con
             p50_ms: 0.0,
             p99_ms: 0.0,
             max_ms: 0.0,
+            failed_requests: 0,
+            first_failure: None,
             peak_rss_mib: [0.0; 2],
             max_sampled_rss_mib: [0.0; 2],
         };
@@ -104,6 +110,10 @@ pub async fn run(options: &ConcurrentOptions, progress: &Progress) -> Result<Con
             let rep_result = one_rep(&base, &chosen, &pids).await?;
             result.aggregate_mb_per_s_per_rep.push(rep_result.aggregate_mb_per_s);
             latencies_ms.extend(rep_result.latencies_ms);
+            result.failed_requests += rep_result.failures.len();
+            if result.first_failure.is_none() {
+                result.first_failure = rep_result.failures.into_iter().next();
+            }
             for i in 0..2 {
                 result.peak_rss_mib[i] = result.peak_rss_mib[i].max(rep_result.hwm_mib[i]);
                 result.max_sampled_rss_mib[i] = result.max_sampled_rss_mib[i].max(rep_result.sampled_mib[i]);
@@ -125,6 +135,7 @@ struct RepResult {
     latencies_ms: Vec<f64>,
     hwm_mib: [f64; 2],
     sampled_mib: [f64; 2],
+    failures: Vec<String>,
 }
 
 /// Every client fetches its blob once, all at the same time.
@@ -137,8 +148,15 @@ async fn one_rep(base: &str, blobs: &[&Descriptor], pids: &[u32; 2]) -> Result<R
         let url = fixture::mirror_blob_url(base, REPOSITORY, &blob.digest);
         async move { Fetcher::new(FETCH_TIMEOUT).fetch(&url, blob.size).await }
     });
-    let (fetched, sampled) = sample_rss_while(pids, try_join_all(fetches)).await;
-    let fetched = fetched?;
+    let (outcomes, sampled) = sample_rss_while(pids, join_all(fetches)).await;
+    let mut fetched = Vec::new();
+    let mut failures = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(done) => fetched.push(done),
+            Err(err) => failures.push(format!("{err:#}")),
+        }
+    }
     let wall = start.elapsed().as_secs_f64();
     let total: u64 = fetched.iter().map(|f| f.bytes).sum();
     let hwm = [procfs::memory(pids[0])?.hwm_kib, procfs::memory(pids[1])?.hwm_kib];
@@ -147,5 +165,6 @@ async fn one_rep(base: &str, blobs: &[&Descriptor], pids: &[u32; 2]) -> Result<R
         latencies_ms: fetched.iter().map(|f| f.seconds() * 1000.0).collect(),
         hwm_mib: [mib(hwm[0]), mib(hwm[1])],
         sampled_mib: [mib(sampled[0]), mib(sampled[1])],
+        failures,
     })
 }

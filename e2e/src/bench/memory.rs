@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::fixture::{self, mib};
 use super::keys;
@@ -33,7 +33,7 @@ pub struct MemoryOptions {
 }
 
 /// Results of section e.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemoryResult {
     pub method: String,
     pub images: usize,

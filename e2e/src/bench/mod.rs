@@ -78,6 +78,8 @@ pub struct BenchOptions {
     pub concurrent: ConcurrentOptions,
     pub pull: PullOptions,
     pub memory: MemoryOptions,
+    /// A `bench.json` of an earlier run: sections this run skips are taken from it.
+    pub merge: Option<PathBuf>,
 }
 
 impl BenchOptions {
@@ -98,6 +100,7 @@ impl BenchOptions {
                 rate: "1gbit".to_owned(),
             },
             memory: MemoryOptions { keys: 10_000, window: Duration::from_secs(5) },
+            merge: None,
         }
     }
 
@@ -141,7 +144,11 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
         concurrent: None,
         pull: None,
         memory: None,
+        merged_from: None,
     };
+    if let Some(path) = &options.merge {
+        report.merge_from(path)?;
+    }
     let progress = Progress::new(options.steps());
     let mut sections = options.sections.clone();
     sections.sort();

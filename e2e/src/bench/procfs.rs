@@ -7,10 +7,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Memory of one process, in KiB as the kernel reports it.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Memory {
     pub rss_kib: u64,
     pub hwm_kib: u64,
@@ -72,7 +72,7 @@ pub async fn sample_rss_while<T>(pids: &[u32], work: impl Future<Output = T>) ->
 }
 
 /// The machine the numbers come from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub cpus: usize,
     pub cpu_model: String,

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::fixture::{self, PULL_TIMEOUT};
 use super::progress::Progress;
@@ -38,7 +38,7 @@ pub struct PullOptions {
 }
 
 /// Results of section c.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PullResult {
     pub upstream_rate: String,
     pub reps: usize,
@@ -46,7 +46,7 @@ pub struct PullResult {
 }
 
 /// One image's pulls.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImagePull {
     pub name: String,
     /// Blob bytes one pull fetches (config and layers).

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::blob::BlobResult;
 use super::concurrent::ConcurrentResult;
@@ -15,7 +15,7 @@ use super::pull::PullResult;
 use crate::demo::bytes;
 
 /// Everything one `shoal-e2e bench` run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
     /// Seconds since the Unix epoch when the run started.
     pub started_unix: u64,
@@ -29,6 +29,9 @@ pub struct BenchReport {
     pub concurrent: Option<ConcurrentResult>,
     pub pull: Option<PullResult>,
     pub memory: Option<MemoryResult>,
+    /// The earlier run's `bench.json` that sections not run this time come from.
+    #[serde(default)]
+    pub merged_from: Option<PathBuf>,
 }
 
 impl BenchReport {
@@ -41,6 +44,20 @@ impl BenchReport {
         Ok(path)
     }
 
+    /// Takes every section of the report at `path` (an earlier run); the
+    /// sections this run measures replace them.
+    pub fn merge_from(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        let earlier: BenchReport =
+            serde_json::from_slice(&text).with_context(|| format!("parse {}", path.display()))?;
+        self.blob = earlier.blob;
+        self.concurrent = earlier.concurrent;
+        self.pull = earlier.pull;
+        self.memory = earlier.memory;
+        self.merged_from = Some(path.to_path_buf());
+        Ok(())
+    }
+
     /// A plain-text summary of every section that ran.
     pub fn summary(&self) -> String {
         let mut out = String::new();
@@ -48,6 +65,9 @@ impl BenchReport {
         let _ = writeln!(out, "machine: {} x {}, kernel {}, {} MiB", m.cpus, m.cpu_model, m.kernel, m.memory_mib);
         let _ = writeln!(out, "load average: {} at start, {} at end", m.loadavg_start, m.loadavg_end);
         let _ = writeln!(out, "shoal: {} (release build: {})", self.shoal_binary.display(), self.shoal_release_build);
+        if let Some(path) = &self.merged_from {
+            let _ = writeln!(out, "sections not run this time come from {}", path.display());
+        }
         if let Some(blob) = &self.blob {
             let _ = writeln!(out, "\na. {} blob, median of {} reps", bytes(blob.blob_bytes as f64), blob.reps);
             for t in &blob.targets {
