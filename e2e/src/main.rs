@@ -57,6 +57,9 @@ struct BenchArgs {
     /// Blob size each client of section b fetches (default 16M).
     #[arg(long, env = "SHOAL_BENCH_CLIENT_BLOB_SIZE", value_parser = demo::parse_size)]
     client_blob_size: Option<u64>,
+    /// Image sizes in section c, comma-separated decimal bytes (default 10000000,100000000,1000000000).
+    #[arg(long, env = "SHOAL_BENCH_PULL_SIZES", value_delimiter = ',')]
+    pull_sizes: Option<Vec<u64>>,
     /// The upstream's bandwidth in section c, as a tc rate.
     #[arg(long, env = "SHOAL_BENCH_UPSTREAM_RATE")]
     upstream_rate: Option<String>,
@@ -83,6 +86,7 @@ impl BenchArgs {
         options.blob.size = self.blob_size.unwrap_or(options.blob.size);
         options.concurrent.clients = self.clients.map_or(options.concurrent.clients, usize::from);
         options.concurrent.blob_size = self.client_blob_size.unwrap_or(options.concurrent.blob_size);
+        options.pull.sizes = self.pull_sizes.unwrap_or(options.pull.sizes);
         options.pull.rate = self.upstream_rate.unwrap_or(options.pull.rate);
         options.memory.keys = self.keys.unwrap_or(options.memory.keys);
         options.merge = self.merge;
