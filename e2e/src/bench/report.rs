@@ -85,11 +85,12 @@ impl BenchReport {
             for mode in &c.modes {
                 let _ = writeln!(
                     out,
-                    "  {:<22} {:>7.0} MB/s  p50 {:>7.1} ms  p99 {:>7.1} ms  peak RSS node1 {:.1} MiB node2 {:.1} MiB",
+                    "  {:<22} {:>7.0} MB/s  p50 {:>7.1} ms  p99 {:>7.1} ms  failed {}  peak RSS node1 {:.1} MiB node2 {:.1} MiB",
                     mode.name,
                     mode.aggregate_mb_per_s,
                     mode.p50_ms,
                     mode.p99_ms,
+                    mode.failed_requests,
                     mode.peak_rss_mib[0],
                     mode.peak_rss_mib[1]
                 );
