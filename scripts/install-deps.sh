@@ -11,6 +11,9 @@ packages=(
   iptables          # fault injection (blackholed peers) in e2e
   curl
   prometheus        # promtool and a real Prometheus for the chart checks
+  nginx-light       # the reference file server of `shoal-e2e bench`
+  fonts-dejavu-core # the font of the benchmark's PNG charts (no fontconfig needed)
+  iproute2          # `tc`: the benchmark shapes the upstream's bandwidth
 )
 missing=()
 for pkg in "${packages[@]}"; do

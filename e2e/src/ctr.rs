@@ -45,6 +45,13 @@ impl Ctr {
         Ok(())
     }
 
+    /// `ctr images import --no-unpack ARCHIVE`: content and image records
+    /// only, no snapshots (for many small images that are never run).
+    pub async fn import_without_unpack(&self, archive: &Path, timeout: Duration) -> Result<()> {
+        let archive = archive.to_string_lossy();
+        self.run(&["images", "import", "--no-unpack", &archive], timeout).await.map(drop)
+    }
+
     /// Names of all images in the namespace.
     pub async fn image_names(&self) -> Result<Vec<String>> {
         let out = self.run(&["images", "ls", "--quiet"], SHORT_TIMEOUT).await?;

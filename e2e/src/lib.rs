@@ -17,12 +17,14 @@
 //! - [`scenario`]: what the scenario tests share (a cluster, images, timed pulls, where bytes came from).
 //! - [`process`], [`wait`], [`http`]: process guards, bounded polling, a small HTTP client.
 //! - [`demo`]: the scenario behind `shoal-e2e demo`.
+//! - [`bench`]: `shoal-e2e bench`, Shoal measured beside nginx and the upstream registry.
 //!
 //! Everything needs root (containerd, iptables) and uses loopback only. Every
 //! process is killed by PID when its guard drops, also when a test panics;
 //! the run directory and firewall chains are removed likewise.
 
 pub mod bad_clients;
+pub mod bench;
 pub mod cluster;
 pub mod containerd;
 pub mod cri;

@@ -5,7 +5,7 @@
 
 mod layout;
 mod random;
-mod tar;
+pub(crate) mod tar;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
