@@ -91,12 +91,10 @@ impl FetchError {
             Self::Connect(_) => Some(Outcome::Unreachable),
             Self::Busy { retry_after } => Some(Outcome::Busy { retry_after: *retry_after }),
             Self::NotFound | Self::Spool(_) => None,
-            Self::Transport(_)
-            | Self::HeaderTimeout(_)
-            | Self::Status(_)
-            | Self::Stall(_)
-            | Self::Body(_)
-            | Self::DigestMismatch => Some(Outcome::Failed),
+            Self::DigestMismatch => Some(Outcome::Corrupt),
+            Self::Transport(_) | Self::HeaderTimeout(_) | Self::Status(_) | Self::Stall(_) | Self::Body(_) => {
+                Some(Outcome::Failed)
+            }
         }
     }
 }

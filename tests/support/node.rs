@@ -40,6 +40,8 @@ pub struct NodeOptions {
     pub hedge: HedgePolicy,
     pub timeouts: PeerTimeouts,
     pub uploads: UploadLimits,
+    /// Verified blob transfers after which a peer's blobs pass straight through (0: never).
+    pub stream_after_verified: u32,
 }
 
 impl Default for NodeOptions {
@@ -50,6 +52,7 @@ impl Default for NodeOptions {
             hedge: HedgePolicy::default(),
             timeouts: test_timeouts(),
             uploads: UploadLimits::default(),
+            stream_after_verified: 0,
         }
     }
 }
@@ -91,6 +94,7 @@ impl TestNode {
             lookup_limit: 20,
             spool_dir: spool.path().to_path_buf(),
             hedge: options.hedge,
+            stream_after_verified: options.stream_after_verified,
         };
         let mirror = Mirror::new(shared_router.clone(), Arc::new(PeerScores::new()), metrics.clone(), config);
         let token = CancellationToken::new();
