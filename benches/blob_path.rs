@@ -23,7 +23,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use images::add_image;
-use node::{TestNode, blob_path};
+use node::{NodeOptions, TestNode, blob_path};
+use shoal::mirror::PeerTimeouts;
 use shoal::oci::Digest;
 use shoal::routing::memory::MemoryNetwork;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,6 +110,11 @@ fn report(what: &str, mut times: Vec<Duration>, len: usize, baseline: Option<Dur
     median
 }
 
+/// The node's defaults: production timeouts, pass-through after 3 verified blobs from a peer.
+fn passthrough() -> NodeOptions {
+    NodeOptions { stream_after_verified: 3, timeouts: PeerTimeouts::default(), ..NodeOptions::default() }
+}
+
 async fn run() {
     let len = blob_size();
     let data = blob(len);
@@ -145,7 +151,7 @@ async fn run() {
     // A fresh puller each run: the holder is a peer it has no history with.
     let mut times = Vec::new();
     for i in 0..RUNS {
-        let puller = TestNode::start(&network, &format!("new-puller-{i}")).await;
+        let puller = TestNode::start_with(&network, &format!("new-puller-{i}"), passthrough()).await;
         let (took, received) = fetch(&client, &puller.url(&path)).await;
         assert_eq!(received, len as u64);
         times.push(took);
@@ -153,7 +159,7 @@ async fn run() {
     report("shoal peer hop, new peer", times, len, Some(baseline));
 
     // One puller: after its first verified transfers the holder is trusted.
-    let puller = TestNode::start(&network, "puller").await;
+    let puller = TestNode::start_with(&network, "puller", passthrough()).await;
     let mut times = Vec::new();
     for _ in 0..RUNS + 3 {
         let (took, received) = fetch(&client, &puller.url(&path)).await;
