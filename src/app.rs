@@ -69,6 +69,8 @@ pub struct RunConfig {
     pub lookup_patience: Duration,
     pub peer_timeouts: PeerTimeouts,
     pub max_peer_attempts: usize,
+    /// Verified blob transfers after which a peer's blobs pass straight through (0: never).
+    pub stream_after_verified: u32,
     pub hedge: HedgePolicy,
     pub provider_ttl: Duration,
     pub advertiser: AdvertiserConfig,
@@ -170,6 +172,7 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
     let mirror_config = MirrorConfig {
         timeouts: config.peer_timeouts,
         max_attempts: config.max_peer_attempts,
+        stream_after_verified: config.stream_after_verified,
         lookup_limit: LOOKUP_LIMIT,
         lookup_patience: config.lookup_patience,
         spool_dir,

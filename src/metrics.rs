@@ -120,6 +120,7 @@ struct Inner {
     http_in_flight: GaugeVec,
     hedges: IntCounter,
     hedge_wins: IntCounter,
+    passthroughs: IntCounter,
     hedge_deadline: Gauge,
     peers_excluded: IntGauge,
     peer_probes: IntCounterVec,
@@ -226,6 +227,10 @@ impl Metrics {
             IntCounter::new("shoal_hedges_total", "Hedged attempts started: a second peer asked in parallel.")?;
         let hedge_wins =
             IntCounter::new("shoal_hedge_wins_total", "Hedged attempts that delivered response headers first.")?;
+        let passthroughs = IntCounter::new(
+            "shoal_peer_blob_passthroughs_total",
+            "Blobs from trusted peers passed straight through, hashed on the way, instead of verified first.",
+        )?;
         let hedge_deadline = Gauge::new(
             "shoal_hedge_deadline_seconds",
             "The current hedge deadline: wait this long for headers before asking another peer.",
@@ -255,6 +260,7 @@ impl Metrics {
         registry.register(Box::new(replication_images.clone()))?;
         registry.register(Box::new(hedges.clone()))?;
         registry.register(Box::new(hedge_wins.clone()))?;
+        registry.register(Box::new(passthroughs.clone()))?;
         registry.register(Box::new(hedge_deadline.clone()))?;
         registry.register(Box::new(peers_excluded.clone()))?;
         registry.register(Box::new(peer_probes.clone()))?;
@@ -277,6 +283,7 @@ impl Metrics {
             http_in_flight,
             hedges,
             hedge_wins,
+            passthroughs,
             hedge_deadline,
             peers_excluded,
             peer_probes,
@@ -412,6 +419,11 @@ impl Metrics {
         self.inner.hedge_wins.inc();
     }
 
+    /// A blob from a trusted peer is being passed straight through.
+    pub fn peer_blob_passed_through(&self) {
+        self.inner.passthroughs.inc();
+    }
+
     pub fn set_hedge_deadline(&self, deadline: Duration) {
         self.inner.hedge_deadline.set(deadline.as_secs_f64());
     }
@@ -449,7 +461,7 @@ impl Metrics {
     /// `new` registers; a unit test holds the two in step.
     pub fn metric_names(&self) -> Vec<String> {
         let inner = &*self.inner;
-        let collectors: [&dyn Collector; 21] = [
+        let collectors: [&dyn Collector; 22] = [
             &inner.requests,
             &inner.bytes,
             &inner.resolve_duration,
@@ -465,6 +477,7 @@ impl Metrics {
             &inner.http_in_flight,
             &inner.hedges,
             &inner.hedge_wins,
+            &inner.passthroughs,
             &inner.hedge_deadline,
             &inner.peers_excluded,
             &inner.peer_probes,

@@ -61,6 +61,7 @@ async fn a_stopped_node_is_excluded_by_the_others_as_its_connection_closes() {
         lookup_patience: Duration::from_millis(300),
         spool_dir: spool.path().to_path_buf(),
         hedge: HedgePolicy::default(),
+        stream_after_verified: 0,
     };
     let scores = Arc::new(PeerScores::new());
     let mirror = Mirror::new(Arc::new(a.router.clone()), scores.clone(), Metrics::new().unwrap(), config);

@@ -2,6 +2,7 @@
 //! attempts (hedges included), and recording each outcome in peer health,
 //! the hedge timer and the metrics.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Inner;
@@ -13,21 +14,26 @@ use super::race::{AttemptSource, Winner};
 use crate::oci::{Key, PathKind};
 use crate::routing::Peer;
 
-pub(super) struct Attempts<'a> {
-    inner: &'a Inner,
-    candidates: Candidates<'a>,
+pub(super) struct Attempts {
+    inner: Arc<Inner>,
+    candidates: Candidates,
     key: Key,
     kind: PathKind,
     tried: usize,
     resolve_recorded: bool,
 }
 
-impl<'a> Attempts<'a> {
-    pub(super) fn new(inner: &'a Inner, key: Key, kind: PathKind) -> Self {
+impl Attempts {
+    pub(super) fn new(inner: Arc<Inner>, key: Key, kind: PathKind) -> Self {
         let providers = inner.router.lookup(&key, inner.config.lookup_limit);
-        let judges = Judges { scores: &inner.scores, stale: &inner.stale };
+        let judges = Judges { scores: inner.scores.clone(), stale: inner.stale.clone() };
         let candidates = Candidates::new(providers, judges, key.clone(), inner.config.lookup_patience);
         Self { inner, candidates, key, kind, tried: 0, resolve_recorded: false }
+    }
+
+    /// From now on, only peers trusted after `after` verified transfers are tried.
+    pub(super) fn trusted_only(&mut self, after: u32) {
+        self.candidates.trusted_only(after);
     }
 
     /// The hedge deadline for this request's next race.
@@ -70,12 +76,17 @@ impl<'a> Attempts<'a> {
         }
     }
 
+    /// A blob `peer` sent (all of it or a part) matched its digest.
+    pub(super) fn verified(&self, peer: &Peer) {
+        self.inner.scores.record_verified(&peer.name);
+    }
+
     pub(super) fn miss(&self) -> Miss {
         Miss { key: self.key.clone(), attempts: self.tried }
     }
 }
 
-impl AttemptSource for Attempts<'_> {
+impl AttemptSource for Attempts {
     fn can_start(&self) -> bool {
         self.tried < self.inner.config.max_attempts
     }

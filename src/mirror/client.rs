@@ -101,7 +101,8 @@ impl FetchError {
             Self::HeaderTimeout(_) | Self::Stall(_) => Some(Outcome::Silent),
             Self::Busy { retry_after } => Some(Outcome::Busy { retry_after: *retry_after }),
             Self::NotFound | Self::Spool(_) => None,
-            Self::Transport(_) | Self::Status(_) | Self::Body(_) | Self::DigestMismatch => Some(Outcome::Failed),
+            Self::DigestMismatch => Some(Outcome::Corrupt),
+            Self::Transport(_) | Self::Status(_) | Self::Body(_) => Some(Outcome::Failed),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The three fetches the registry asks of the mirror: a manifest (verified
-//! in memory), a blob's size (HEAD), and a whole blob (verified in a spool,
-//! resumed across peers). Each runs header races (`race`) until a peer
-//! delivers, and runs another race when a body breaks or fails verification,
-//! all within the request's one attempt budget.
+//! in memory), a blob's size (HEAD), and a blob (verified in a spool,
+//! resumed across peers, or passed through from a trusted peer, see
+//! `passthrough`). Each runs header races (`race`) until a peer delivers,
+//! and runs another race when a body breaks or fails verification, all
+//! within the request's one attempt budget.
 
 use bytes::BytesMut;
 use http::header::{CONTENT_RANGE, CONTENT_TYPE};
@@ -10,25 +11,26 @@ use http::{HeaderValue, Method, StatusCode};
 
 use super::attempts::Attempts;
 use super::client::{FetchError, PeerRequest, PeerResponse};
+use super::passthrough::{MIN_PASSTHROUGH_SIZE, PassThrough};
 use super::race::{AttemptSource, Won, race};
 use super::spool::{Spool, VerifiedBlob};
-use super::{FetchedManifest, ManifestRequest, Mirror, Miss};
+use super::{FetchedManifest, ManifestRequest, Mirror, Miss, PeerBlob};
 use crate::content::MAX_MANIFEST_SIZE;
 use crate::oci::{ByteRange, Digest, DistributionPath, Key, MediaType, PathKind, Reference, Registry, Repository};
 use crate::routing::Peer;
 
 /// One request as it is sent to whichever peer is asked.
-struct Ask<'a> {
-    method: Method,
-    path: &'a DistributionPath,
-    registry: Option<&'a Registry>,
-    accept: Option<&'a HeaderValue>,
-    range: Option<ByteRange>,
+pub(super) struct Ask<'a> {
+    pub method: Method,
+    pub path: &'a DistributionPath,
+    pub registry: Option<&'a Registry>,
+    pub accept: Option<&'a HeaderValue>,
+    pub range: Option<ByteRange>,
 }
 
 impl Mirror {
     /// Races peers for the response headers of `ask`.
-    async fn ask(&self, attempts: &mut Attempts<'_>, ask: &Ask<'_>) -> Option<Won<PeerResponse>> {
+    pub(super) async fn ask(&self, attempts: &mut Attempts, ask: &Ask<'_>) -> Option<Won<PeerResponse>> {
         let hedge = attempts.hedge_after();
         let header_timeout = attempts.header_timeout();
         let won = race(attempts, hedge, |peer: Peer| async move {
@@ -51,7 +53,7 @@ impl Mirror {
     pub async fn manifest(&self, req: &ManifestRequest<'_>) -> Result<FetchedManifest, Miss> {
         let path = DistributionPath::Manifest { repository: req.repository.clone(), reference: req.reference.clone() };
         let ask = Ask { method: Method::GET, path: &path, registry: req.registry, accept: req.accept, range: None };
-        let mut attempts = Attempts::new(&self.inner, req.key.clone(), PathKind::Manifest);
+        let mut attempts = Attempts::new(self.inner.clone(), req.key.clone(), PathKind::Manifest);
         while let Some(Won { winner, value: response }) = self.ask(&mut attempts, &ask).await {
             match read_manifest(response, req.reference).await {
                 Ok(manifest) => {
@@ -73,7 +75,7 @@ impl Mirror {
     ) -> Result<u64, Miss> {
         let path = DistributionPath::Blob { repository: repository.clone(), digest: *digest };
         let ask = Ask { method: Method::HEAD, path: &path, registry, accept: None, range: None };
-        let mut attempts = Attempts::new(&self.inner, Key::Digest(*digest), PathKind::Blob);
+        let mut attempts = Attempts::new(self.inner.clone(), Key::Digest(*digest), PathKind::Blob);
         while let Some(Won { winner, value: response }) = self.ask(&mut attempts, &ask).await {
             match response.content_length() {
                 Some(size) => {
@@ -86,14 +88,48 @@ impl Mirror {
         Err(attempts.miss())
     }
 
-    /// Receives a whole blob from peers into a verified spool. A stream that
-    /// breaks is resumed from another peer with a `Range` request; content
-    /// that fails verification is discarded and fetched again elsewhere.
+    /// Fetches a blob from peers. A whole blob (`whole`: containerd asked
+    /// without `Range`) of at least [`MIN_PASSTHROUGH_SIZE`] from a trusted
+    /// peer passes straight through; anything else is received into a
+    /// verified spool first. A stream that breaks is resumed from another
+    /// peer with a `Range` request; content that fails verification is
+    /// discarded and fetched again elsewhere.
     pub async fn blob(
         &self,
         registry: Option<&Registry>,
         repository: &Repository,
         digest: &Digest,
+        whole: bool,
+    ) -> Result<PeerBlob, Miss> {
+        let path = DistributionPath::Blob { repository: repository.clone(), digest: *digest };
+        let mut attempts = Attempts::new(self.inner.clone(), Key::Digest(*digest), PathKind::Blob);
+        let trust = self.inner.config.stream_after_verified;
+        let mut first = None;
+        if whole && trust > 0 {
+            let ask = Ask { method: Method::GET, path: &path, registry, accept: None, range: None };
+            let Some(won) = self.ask(&mut attempts, &ask).await else { return Err(attempts.miss()) };
+            let size = won.value.content_length().unwrap_or(0);
+            if size >= MIN_PASSTHROUGH_SIZE && self.inner.scores.is_trusted(&won.winner.peer.name, trust) {
+                tracing::debug!(peer = %won.winner.peer.name, %digest, size, "passing a blob through");
+                self.inner.metrics.peer_blob_passed_through();
+                let registry = registry.cloned();
+                let pass = PassThrough::new(self.clone(), attempts, path, registry, *digest, size, won);
+                return Ok(PeerBlob::Streamed { size, body: pass.into_stream() });
+            }
+            first = Some(won);
+        }
+        self.spooled_blob(attempts, &path, registry, digest, first).await.map(PeerBlob::Verified)
+    }
+
+    /// Receives a whole blob into a verified spool, starting with `first`
+    /// (an answer already won) if given.
+    async fn spooled_blob(
+        &self,
+        mut attempts: Attempts,
+        path: &DistributionPath,
+        registry: Option<&Registry>,
+        digest: &Digest,
+        mut first: Option<Won<PeerResponse>>,
     ) -> Result<VerifiedBlob, Miss> {
         let mut spool = match Spool::create(&self.inner.config.spool_dir) {
             Ok(spool) => spool,
@@ -102,13 +138,17 @@ impl Mirror {
                 return Err(Miss { key: Key::Digest(*digest), attempts: 0 });
             }
         };
-        let path = DistributionPath::Blob { repository: repository.clone(), digest: *digest };
-        let mut attempts = Attempts::new(&self.inner, Key::Digest(*digest), PathKind::Blob);
         loop {
             let start = spool.written();
-            let range = (start > 0).then_some(ByteRange::From(start));
-            let ask = Ask { method: Method::GET, path: &path, registry, accept: None, range };
-            let Some(Won { winner, value: response }) = self.ask(&mut attempts, &ask).await else { break };
+            let won = match first.take() {
+                Some(won) => Some(won),
+                None => {
+                    let range = (start > 0).then_some(ByteRange::From(start));
+                    let ask = Ask { method: Method::GET, path, registry, accept: None, range };
+                    self.ask(&mut attempts, &ask).await
+                }
+            };
+            let Some(Won { winner, value: response }) = won else { break };
             let outcome = match receive(response, &mut spool).await {
                 Ok(()) if spool.matches(digest) => Ok(()),
                 Ok(()) => Err(FetchError::DigestMismatch),
@@ -117,6 +157,7 @@ impl Mirror {
             match outcome {
                 Ok(()) => {
                     attempts.succeeded(&winner, spool.written() - start);
+                    attempts.verified(&winner.peer);
                     return spool.into_verified().await.map_err(|error| {
                         tracing::error!(%error, "cannot seal a spool file");
                         attempts.miss()
@@ -184,7 +225,7 @@ async fn receive(mut response: PeerResponse, spool: &mut Spool) -> Result<(), Fe
 
 /// The blob's full size from a response, checking that a resumed request
 /// got the range it asked for.
-fn expected_total(response: &PeerResponse, start: u64) -> Result<u64, FetchError> {
+pub(super) fn expected_total(response: &PeerResponse, start: u64) -> Result<u64, FetchError> {
     if start == 0 {
         return response.content_length().ok_or_else(|| FetchError::Body("no Content-Length".into()));
     }

@@ -15,7 +15,11 @@
 //! - a busy answer (upload limit) is not a failure: the peer is only set aside
 //!   for its `Retry-After`;
 //! - otherwise, weight = reliability (cut at once by a failure, recovering
-//!   with time and successes) times relative speed and relative latency.
+//!   with time and successes) times relative speed and relative latency;
+//! - trust (for passing blobs straight through, see `mirror::passthrough`)
+//!   is earned by blob transfers verified against their digest and lost for
+//!   the life of the process by a single corrupt one, which also excludes
+//!   the peer at once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -105,8 +109,10 @@ pub enum Outcome {
     /// The peer took the request and went silent (header or stall timeout).
     Silent,
     /// Any other failure the peer is to blame for (timeouts, stalls,
-    /// broken or corrupt bodies, bad statuses, losing a hedge while silent).
+    /// broken bodies, bad statuses, losing a hedge while silent).
     Failed,
+    /// The peer sent bytes that do not match their digest.
+    Corrupt,
     /// The peer is healthy but at its upload limit.
     Busy { retry_after: Option<Duration> },
 }
@@ -127,6 +133,10 @@ pub struct PeerHealth {
     /// Whether the router holds a connection to the peer, once it reported.
     pub connected: Option<bool>,
     pub consecutive_failures: u32,
+    /// Blob transfers from the peer verified against their digest.
+    pub verified_transfers: u32,
+    /// The peer once sent corrupt bytes: never trusted again in this process.
+    pub corrupt: bool,
     ping_failures: u32,
     pub busy_until: Option<Instant>,
     pub exclusion: Option<Exclusion>,
@@ -145,6 +155,8 @@ impl PeerHealth {
             rtt: None,
             connected: None,
             consecutive_failures: 0,
+            verified_transfers: 0,
+            corrupt: false,
             ping_failures: 0,
             busy_until: None,
             exclusion: None,
@@ -219,7 +231,24 @@ impl PeerHealth {
                     self.exclude(ExclusionReason::Failing, now);
                 }
             }
+            Outcome::Corrupt => {
+                self.cut(now);
+                self.corrupt = true;
+                self.exclude(ExclusionReason::Failing, now);
+            }
         }
+    }
+
+    /// A blob transfer from the peer matched its digest.
+    pub fn record_verified(&mut self, now: Instant) {
+        self.verified_transfers = self.verified_transfers.saturating_add(1);
+        self.touched = now;
+    }
+
+    /// Whether blobs from the peer may pass straight through: at least
+    /// `after` verified transfers, never a corrupt one, not excluded.
+    pub fn is_trusted(&self, after: u32) -> bool {
+        after > 0 && !self.corrupt && !self.is_excluded() && self.verified_transfers >= after
     }
 
     fn cut(&mut self, now: Instant) {

@@ -4,13 +4,16 @@
 //! by weighted random choice (`select`, `health`), racing attempts with
 //! hedging (`race`, `hedge`) under per-attempt timeouts (`client`),
 //! verifying manifests against their digest, receiving blobs into a
-//! verified spool with resume across peers (`spool`), and probing excluded
-//! peers back in (`prober`). Returns typed results; never knows HTTP status
+//! verified spool with resume across peers (`spool`), passing large blobs
+//! from trusted peers straight through while hashing them (`passthrough`),
+//! and probing excluded peers back in (`prober`). Returns typed results; never knows HTTP status
 //! codes of its own clients' responses or OCI error JSON (that is
 //! `registry`'s job).
 //!
 //! Invariant: only talks to endpoints the router returned (Shoal is not an
-//! open proxy), and never hands out a byte that was not verified.
+//! open proxy), never hands out a byte that was not verified unless it comes
+//! from a trusted peer, and never completes a response whose bytes fail
+//! their digest.
 
 mod attempts;
 mod candidates;
@@ -18,6 +21,7 @@ pub mod client;
 mod fetch;
 pub mod health;
 pub mod hedge;
+mod passthrough;
 mod prober;
 mod race;
 pub mod select;
@@ -32,6 +36,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
+use crate::content::BlobStream;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Key, MediaType, Reference, Registry, Repository};
 use crate::routing::Router;
@@ -57,6 +62,11 @@ pub struct MirrorConfig {
     pub spool_dir: PathBuf,
     /// When a second peer is asked while the first has not answered.
     pub hedge: HedgePolicy,
+    /// A whole blob from a peer with at least this many verified blob
+    /// transfers (and never a corrupt one) passes straight through, hashed
+    /// on the way, instead of being verified before the first byte goes
+    /// out (`passthrough`). 0 turns pass-through off.
+    pub stream_after_verified: u32,
 }
 
 /// A manifest fetched from a peer and verified against its digest.
@@ -65,6 +75,15 @@ pub struct FetchedManifest {
     pub digest: Digest,
     pub media_type: MediaType,
     pub body: Bytes,
+}
+
+/// A blob from peers, ready to be sent.
+pub enum PeerBlob {
+    /// Received whole and verified before the first byte goes out.
+    Verified(VerifiedBlob),
+    /// Passed through from a trusted peer as it arrives: the body ends with
+    /// an error instead of completing if the bytes fail their digest.
+    Streamed { size: u64, body: BlobStream },
 }
 
 /// No peer could serve the request.
@@ -87,7 +106,7 @@ struct Inner {
     scores: Arc<PeerScores>,
     hedge: HedgeTimer,
     /// Peers that answered 404 for a key they are advertised for.
-    stale: stale::StaleRecords,
+    stale: Arc<stale::StaleRecords>,
     metrics: Metrics,
     config: MirrorConfig,
 }
@@ -115,7 +134,7 @@ impl Mirror {
                 scores.on_link(event, link);
             }
         });
-        let stale = stale::StaleRecords::default();
+        let stale = Arc::new(stale::StaleRecords::default());
         Self { inner: Arc::new(Inner { router, client, scores, hedge, stale, metrics, config }) }
     }
 

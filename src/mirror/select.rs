@@ -43,6 +43,10 @@ pub struct PeerStatus {
     pub next_probe_in_ms: Option<u64>,
     pub failed_probes: u32,
     pub consecutive_failures: u32,
+    /// Blob transfers from the peer verified against their digest.
+    pub verified_transfers: u32,
+    /// Whether it ever sent corrupt bytes (then it is never trusted again).
+    pub corrupt: bool,
     pub reliability: f64,
     pub throughput_bytes_per_second: Option<f64>,
     pub latency_ms: Option<f64>,
@@ -88,6 +92,17 @@ impl PeerScores {
             health.endpoint = Some(peer.endpoint);
             health.record_success(bytes, elapsed, latency, Instant::now());
         });
+    }
+
+    /// A blob transfer from `peer` matched its digest.
+    pub fn record_verified(&self, peer: &PeerName) {
+        self.update(peer, Instant::now(), |health| health.record_verified(Instant::now()));
+    }
+
+    /// Whether blobs from `peer` may pass straight through (see
+    /// [`PeerHealth::is_trusted`]); an unknown peer is not trusted.
+    pub fn is_trusted(&self, peer: &PeerName, after: u32) -> bool {
+        self.lock().get(peer).is_some_and(|health| health.is_trusted(after))
     }
 
     pub fn record(&self, peer: &Peer, outcome: Outcome) {
@@ -230,6 +245,8 @@ fn status(name: &PeerName, health: &PeerHealth, now: Instant) -> PeerStatus {
         next_probe_in_ms: exclusion.map(|e| millis(e.next_probe.saturating_duration_since(now))),
         failed_probes: exclusion.map_or(0, |e| e.failed_probes),
         consecutive_failures: health.consecutive_failures,
+        verified_transfers: health.verified_transfers,
+        corrupt: health.corrupt,
         reliability: health.reliability(now),
         throughput_bytes_per_second: health.throughput,
         latency_ms: health.latency.map(as_ms),

@@ -21,8 +21,9 @@ use crate::oci::{Digest, ResolvedRange};
 
 /// Write buffer: large enough that each blocking write moves a lot of data.
 const WRITE_BUFFER: usize = 1 << 20;
-/// Read chunk size when serving a verified spool.
-pub const READ_CHUNK: usize = 256 << 10;
+/// Read chunk size when serving a verified spool: as large as the content
+/// directory's, so each blocking read and each socket write moves a lot.
+pub const READ_CHUNK: usize = 1 << 20;
 
 /// A blob being received. Bytes must be appended in order.
 pub struct Spool {

@@ -1,5 +1,7 @@
 //! `GET|HEAD /v2/<name>/blobs/<digest>`: local content first, then peers.
-//! Single byte ranges are honoured with 206.
+//! Single byte ranges are honoured with 206. A blob passed through from a
+//! trusted peer is sent as it arrives; its body ends with an error (the
+//! connection is cut) rather than complete with bytes that fail the digest.
 
 use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use http::{Response, StatusCode};
@@ -9,6 +11,7 @@ use super::response::{self, Body, ErrorCode, oci_error};
 use super::{PullRequest, RegistryHandler, range_header};
 use crate::content::BlobStream;
 use crate::metrics::Source;
+use crate::mirror::PeerBlob;
 use crate::oci::{ByteRange, Digest, DistributionPath, MediaType, PathKind, RangeError, ResolvedRange};
 
 impl RegistryHandler {
@@ -40,8 +43,11 @@ impl RegistryHandler {
                 Err(miss) => self.miss(request, PathKind::Blob, &miss.to_string()),
             };
         }
-        match self.inner.mirror.blob(registry, repository, digest).await {
-            Ok(verified) => {
+        match self.inner.mirror.blob(registry, repository, digest, range.is_none()).await {
+            Ok(PeerBlob::Streamed { size, body }) => {
+                self.send_blob(request, Source::Peer, digest, size, ResolvedRange::full(size), body)
+            }
+            Ok(PeerBlob::Verified(verified)) => {
                 let size = verified.size;
                 let Ok(resolved) = resolve(range, size) else { return range_error(Some(size), false) };
                 let stream = match resolved {

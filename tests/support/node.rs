@@ -44,6 +44,8 @@ pub struct NodeOptions {
     pub access: AccessPolicy,
     /// Registries whose content is never shared with peers.
     pub private: Vec<Registry>,
+    /// Verified blob transfers after which a peer's blobs pass straight through (0: never).
+    pub stream_after_verified: u32,
 }
 
 impl Default for NodeOptions {
@@ -56,6 +58,7 @@ impl Default for NodeOptions {
             uploads: UploadLimits::default(),
             access: AccessPolicy::open(),
             private: Vec::new(),
+            stream_after_verified: 0,
         }
     }
 }
@@ -98,6 +101,7 @@ impl TestNode {
             lookup_patience: Duration::from_millis(300),
             spool_dir: spool.path().to_path_buf(),
             hedge: options.hedge,
+            stream_after_verified: options.stream_after_verified,
         };
         let mirror = Mirror::new(shared_router.clone(), Arc::new(PeerScores::new()), metrics.clone(), config);
         let token = CancellationToken::new();

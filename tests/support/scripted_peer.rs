@@ -27,6 +27,8 @@ pub enum Reply {
     /// Headers for the full answer, the bytes up to this offset of the blob,
     /// then the connection closes.
     CutAt(usize),
+    /// The blob (or the asked range of it) with one byte in the middle flipped.
+    Corrupt,
 }
 
 /// A request as a scripted peer saw it.
@@ -99,6 +101,14 @@ async fn serve(mut stream: TcpStream, name: String, script: Arc<Script>) {
             }
             Reply::Serve => {
                 if write_answer(&mut stream, &script.blob, range_start, None).await.is_err() {
+                    return;
+                }
+            }
+            Reply::Corrupt => {
+                let mut corrupt = script.blob.to_vec();
+                let middle = corrupt.len() / 2;
+                corrupt[middle] ^= 0xff;
+                if write_answer(&mut stream, &Bytes::from(corrupt), range_start, None).await.is_err() {
                     return;
                 }
             }

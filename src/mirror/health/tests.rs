@@ -187,3 +187,36 @@ fn one_silent_attempt_excludes_at_once_until_a_probe_answers() {
     health.probe_result(true, now + FIRST_PROBE_BACKOFF);
     assert!(!health.is_excluded());
 }
+
+#[test]
+fn trust_is_earned_by_verified_transfers_and_lost_for_good_by_one_corrupt_one() {
+    let now = Instant::now();
+    let mut health = peer(now);
+    assert!(!health.is_trusted(2), "a new peer is not trusted");
+    health.record_verified(now);
+    assert!(!health.is_trusted(2));
+    health.record_verified(now);
+    assert!(health.is_trusted(2));
+    assert!(!health.is_trusted(0), "0 turns trust (pass-through) off");
+
+    health.record(Outcome::Corrupt, now);
+    assert!(health.is_excluded(), "a corrupt peer is excluded at once");
+    assert!(!health.is_trusted(2));
+    health.probe_result(true, now + FIRST_PROBE_BACKOFF);
+    for _ in 0..10 {
+        health.record_verified(now);
+    }
+    assert!(!health.is_excluded(), "probed back in");
+    assert!(!health.is_trusted(2), "but never trusted again");
+}
+
+#[test]
+fn an_excluded_peer_is_not_trusted_until_it_is_back() {
+    let now = Instant::now();
+    let mut health = peer(now);
+    health.record_verified(now);
+    health.record(Outcome::Unreachable, now);
+    assert!(!health.is_trusted(1));
+    health.probe_result(true, now + FIRST_PROBE_BACKOFF);
+    assert!(health.is_trusted(1), "an honest peer keeps its history");
+}
