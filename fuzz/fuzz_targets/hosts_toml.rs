@@ -15,7 +15,8 @@ fuzz_target!(|data: &[u8]| {
     let rendered = render(Some("https://registry.test"), &targets, &kept)
         .unwrap_or_else(|e| panic!("tables read from {text:?} do not render: {e}"));
     assert!(is_shoal_file(&rendered));
-    let reread = parse_host_tables(&rendered).unwrap_or_else(|e| panic!("rendered file does not parse: {e}\n{rendered}"));
+    let reread =
+        parse_host_tables(&rendered).unwrap_or_else(|e| panic!("rendered file does not parse: {e}\n{rendered}"));
     assert!(reread.len() <= kept.len() + targets.len());
     let again = render(Some("https://registry.test"), &targets, &reread[targets.len()..])
         .unwrap_or_else(|e| panic!("re-read tables do not render: {e}"));

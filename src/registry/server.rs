@@ -110,10 +110,8 @@ impl Server {
         let graceful = GracefulShutdown::new();
         let builder = self.connection_builder();
         let connections = Arc::new(Semaphore::new(self.limits.max_connections));
-        let admission = Admission {
-            slots: Arc::new(Semaphore::new(self.limits.max_in_flight)),
-            metrics: self.metrics.clone(),
-        };
+        let admission =
+            Admission { slots: Arc::new(Semaphore::new(self.limits.max_in_flight)), metrics: self.metrics.clone() };
         loop {
             let (stream, _) = tokio::select! {
                 () = token.cancelled() => break,

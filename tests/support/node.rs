@@ -15,10 +15,11 @@ use hyper_util::rt::TokioExecutor;
 use shoal::content::ContentIndex;
 use shoal::content::memory::MemoryStore;
 use shoal::health::Health;
-use shoal::metrics::Metrics;
+use shoal::metrics::{Listener, Metrics};
 use shoal::mirror::{HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
 use shoal::oci::Registry;
-use shoal::registry::{RegistryConfig, RegistryHandler, UploadLimits, server};
+use shoal::registry::server::{Server, ServerLimits};
+use shoal::registry::{RegistryConfig, RegistryHandler, UploadLimits};
 use shoal::routing::memory::{MemoryNetwork, MemoryRouter};
 use shoal::routing::{Peer, PeerName, Router};
 use tokio::net::TcpListener;
@@ -40,6 +41,8 @@ pub struct NodeOptions {
     pub hedge: HedgePolicy,
     pub timeouts: PeerTimeouts,
     pub uploads: UploadLimits,
+    pub server: ServerLimits,
+    pub max_url_bytes: usize,
 }
 
 impl Default for NodeOptions {
@@ -50,6 +53,8 @@ impl Default for NodeOptions {
             hedge: HedgePolicy::default(),
             timeouts: test_timeouts(),
             uploads: UploadLimits::default(),
+            server: ServerLimits::default(),
+            max_url_bytes: RegistryConfig::DEFAULT_MAX_URL_BYTES,
         }
     }
 }
@@ -102,13 +107,19 @@ impl TestNode {
             mirror.clone(),
             metrics.clone(),
             health,
-            RegistryConfig { mirrored: options.mirrored, uploads: options.uploads, ..RegistryConfig::default() },
+            RegistryConfig {
+                mirrored: options.mirrored,
+                uploads: options.uploads,
+                max_url_bytes: options.max_url_bytes,
+                ..RegistryConfig::default()
+            },
         );
         let serve = move |req| {
             let handler = handler.clone();
             async move { handler.handle(req).await }
         };
-        tokio::spawn(server::serve(listener, serve, token.clone(), TaskTracker::new()));
+        let server = Server::new(options.server).with_metrics(metrics.listener(Listener::Registry));
+        tokio::spawn(server.serve(listener, serve, token.clone(), TaskTracker::new()));
         Self { addr, store, router, index, metrics, mirror, token, _spool: spool }
     }
 
