@@ -27,11 +27,12 @@ use tokio_util::task::TaskTracker;
 use crate::advertiser::{Advertiser, AdvertiserConfig};
 use crate::content::{ContainerdConfig, ContainerdStore, ContentIndex, ContentStore};
 use crate::health::Health;
-use crate::metrics::Metrics;
+use crate::metrics::{Listener, Metrics};
 use crate::mirror::select::PeerStatus;
 use crate::mirror::{HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
 use crate::registry::response::{Body, text};
-use crate::registry::{AccessPolicy, RegistryConfig, RegistryHandler, server};
+use crate::registry::server::{Server, ServerLimits};
+use crate::registry::{AccessPolicy, RegistryConfig, RegistryHandler};
 use crate::replication::{CriConfig, CriPuller, ReplicationConfig, Replicator};
 use crate::routing::Router;
 use crate::routing::p2p::{self, BootstrapPeer, KnownPeer, P2pConfig, P2pRouter, SwarmKey};
@@ -77,6 +78,8 @@ pub struct RunConfig {
     pub replication: ReplicationConfig,
     pub replication_pull_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Limits of the registry and metrics listeners (each its own counts).
+    pub server: ServerLimits,
 }
 
 /// Why the node could not start.
@@ -201,13 +204,15 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         let handler = handler.clone();
         async move { handler.handle(req).await }
     };
-    tracker.spawn(server::serve(registry_listener, serve_registry, token.clone(), tracker.clone()));
+    let registry_server = Server::new(config.server).with_metrics(metrics.listener(Listener::Registry));
+    tracker.spawn(registry_server.serve(registry_listener, serve_registry, token.clone(), tracker.clone()));
+    let metrics_server = Server::new(config.server).with_metrics(metrics.listener(Listener::Metrics));
     let status = StatusPages { metrics, router, mirror };
     let serve_status = move |req| {
         let status = status.clone();
         async move { status.handle(&req) }
     };
-    tracker.spawn(server::serve(metrics_listener, serve_status, token, tracker.clone()));
+    tracker.spawn(metrics_server.serve(metrics_listener, serve_status, token, tracker.clone()));
     Ok(Node { name, health, peer_store })
 }
 

@@ -12,6 +12,7 @@ use crate::app::RunConfig;
 use crate::configure::{ConfigureConfig, MirrorTarget, Upstream};
 use crate::mirror::{HedgePolicy, PeerTimeouts};
 use crate::oci::Registry;
+use crate::registry::server::ServerLimits;
 use crate::replication::{PinnedImage, PopularityConfig, ReplicationConfig};
 use crate::routing::p2p::BootstrapPeer;
 
@@ -208,7 +209,25 @@ pub struct RunArgs {
     /// Longest a shutdown waits for in-flight transfers.
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub drain_timeout: Duration,
+    /// Longest a client may take to send request headers; also closes idle keep-alive connections.
+    #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+    /// Largest request line plus headers, e.g. 64KiB; larger gets 431.
+    #[arg(long, env = "SHOAL_MAX_HEADER_BYTES", default_value = "64KiB", value_parser = byte_size)]
+    pub max_header_bytes: u64,
+    /// Longest request URL (path and query) on the registry address; longer gets 414.
+    #[arg(long, env = "SHOAL_MAX_URL_BYTES", default_value_t = crate::registry::RegistryConfig::DEFAULT_MAX_URL_BYTES)]
+    pub max_url_bytes: usize,
+    /// Open connections per listener; more are closed right after accept.
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS", default_value_t = ServerLimits::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Requests answered at once per listener (until the body ends); more get 503 at once.
+    #[arg(long, env = "SHOAL_MAX_IN_FLIGHT_REQUESTS", default_value_t = ServerLimits::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight_requests: usize,
 }
+
+/// The smallest `--max-header-bytes`: room for a pull request line and ordinary headers.
+const MIN_HEADER_BYTES: u64 = 1024;
 
 /// A flag combination that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +236,10 @@ pub enum UsageError {
     ReadvertiseNotBeforeExpiry { interval: Duration, ttl: Duration },
     #[error("--{0} must be at least 1")]
     Zero(&'static str),
+    #[error("--max-header-bytes must be at least {MIN_HEADER_BYTES}")]
+    HeaderBytesTooSmall,
+    #[error("--header-read-timeout must be longer than zero")]
+    NoHeaderTime,
 }
 
 impl RunArgs {
@@ -241,6 +264,7 @@ impl RunArgs {
         if self.popular_threshold == 0 {
             return Err(UsageError::Zero("popular-threshold"));
         }
+        let server = self.server_limits()?;
         Ok(RunConfig {
             registry_addr: self.registry_addr,
             router_addr: self.router_addr,
@@ -264,7 +288,9 @@ impl RunArgs {
                 popularity: PopularityConfig { window: self.popular_window, threshold: self.popular_threshold },
                 // Set by `app` once the swarm key is read: it needs the router.
                 access: crate::registry::AccessPolicy::open(),
+                max_url_bytes: self.max_url_bytes,
             },
+            server,
             replication: ReplicationConfig {
                 pinned: self.pin_images,
                 pinned_file: self.pin_images_file,
@@ -297,6 +323,31 @@ impl RunArgs {
                 batch_size: self.advertise_batch_size,
             },
             drain_timeout: self.drain_timeout,
+        })
+    }
+
+    /// The listeners' limits, checked.
+    fn server_limits(&self) -> Result<ServerLimits, UsageError> {
+        for (value, flag) in [
+            (self.max_url_bytes, "max-url-bytes"),
+            (self.max_connections, "max-connections"),
+            (self.max_in_flight_requests, "max-in-flight-requests"),
+        ] {
+            if value == 0 {
+                return Err(UsageError::Zero(flag));
+            }
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(UsageError::HeaderBytesTooSmall);
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err(UsageError::NoHeaderTime);
+        }
+        Ok(ServerLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_header_bytes: usize::try_from(self.max_header_bytes).unwrap_or(usize::MAX),
+            max_connections: self.max_connections,
+            max_in_flight: self.max_in_flight_requests,
         })
     }
 }
@@ -419,5 +470,31 @@ mod tests {
         let cli = Cli::try_parse_from(["shoal", "run", "--advertise-batch-size", "0"]);
         let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
         assert!(matches!(args.into_config(), Err(UsageError::Zero("advertise-batch-size"))));
+    }
+
+    #[test]
+    fn listener_limits_become_configs_and_are_checked() {
+        let parse = |flags: &[&str]| {
+            let cli = Cli::try_parse_from(["shoal", "run"].iter().chain(flags));
+            let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
+            args.into_config()
+        };
+        let defaults = parse(&[]).map_err(|e| e.to_string());
+        let Ok(defaults) = defaults else { panic!("{defaults:?}") };
+        assert_eq!(defaults.server, ServerLimits::default());
+        assert_eq!(defaults.registry.max_url_bytes, 4096);
+        let flags = ["--header-read-timeout", "200ms", "--max-header-bytes", "16KiB", "--max-url-bytes", "1000"];
+        let tuned = parse(&[&flags[..], &["--max-connections", "8", "--max-in-flight-requests", "4"]].concat());
+        let Ok(tuned) = tuned.map_err(|e| e.to_string()) else { panic!("tuned flags rejected") };
+        let expected = ServerLimits {
+            header_read_timeout: Duration::from_millis(200),
+            max_header_bytes: 16 << 10,
+            max_connections: 8,
+            max_in_flight: 4,
+        };
+        assert_eq!((tuned.server, tuned.registry.max_url_bytes), (expected, 1000));
+        assert!(matches!(parse(&["--max-connections", "0"]), Err(UsageError::Zero("max-connections"))));
+        assert!(matches!(parse(&["--max-header-bytes", "100"]), Err(UsageError::HeaderBytesTooSmall)));
+        assert!(matches!(parse(&["--header-read-timeout", "0s"]), Err(UsageError::NoHeaderTime)));
     }
 }

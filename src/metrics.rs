@@ -94,6 +94,46 @@ const PEER_REQUEST_RESULTS: [&str; 3] = ["served", "not_found", "busy"];
 /// The `result` values of probes and replication pulls.
 const OK_FAILED: [&str; 2] = ["ok", "failed"];
 
+/// An HTTP listener, for the connection and admission metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Listener {
+    /// The registry mirror API (`--registry-addr`).
+    Registry,
+    /// `/metrics` and `/status/peers` (`--metrics-addr`).
+    Metrics,
+}
+
+impl Listener {
+    pub const ALL: [Self; 2] = [Self::Registry, Self::Metrics];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registry => "registry",
+            Self::Metrics => "metrics",
+        }
+    }
+}
+
+/// Why a request was refused before it was served (`shoal_requests_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// 503: the listener was at `--max-in-flight-requests`.
+    InFlightLimit,
+    /// 414: the URL was longer than `--max-url-bytes`.
+    UrlTooLong,
+}
+
+impl Rejection {
+    pub const ALL: [Self; 2] = [Self::InFlightLimit, Self::UrlTooLong];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InFlightLimit => "in_flight_limit",
+            Self::UrlTooLong => "url_too_long",
+        }
+    }
+}
+
 /// The most distinct `registry` label values kept; later ones become `other`.
 const MAX_REGISTRY_LABELS: usize = 64;
 
@@ -129,6 +169,7 @@ struct Inner {
     replication_images: IntGaugeVec,
     advertise: AdvertiseMetrics,
     state: StateMetrics,
+    listeners: ListenerCounters,
     /// Registry label values seen so far; a std mutex, never held across `.await`.
     registries: Mutex<HashSet<String>>,
 }
@@ -266,6 +307,7 @@ impl Metrics {
         registry.register(Box::new(peer_probes.clone()))?;
         let advertise = AdvertiseMetrics::new(&registry)?;
         let state = StateMetrics::new(&registry)?;
+        let listeners = ListenerCounters::new(&registry)?;
         let inner = Inner {
             registry,
             requests,
@@ -292,6 +334,7 @@ impl Metrics {
             replication_images,
             advertise,
             state,
+            listeners,
             registries: Mutex::new(HashSet::new()),
         };
         inner.export_closed_series();
@@ -454,6 +497,18 @@ impl Metrics {
         InFlight(gauge)
     }
 
+    /// The connection and admission metrics of one HTTP listener.
+    pub fn listener(&self, listener: Listener) -> ListenerMetrics {
+        let counters = &self.inner.listeners;
+        let name = listener.as_str();
+        ListenerMetrics {
+            open: counters.open.with_label_values(&[name]),
+            rejected: counters.rejected.with_label_values(&[name]),
+            in_flight_limit: counters.requests_rejected.with_label_values(&[name, Rejection::InFlightLimit.as_str()]),
+            url_too_long: counters.requests_rejected.with_label_values(&[name, Rejection::UrlTooLong.as_str()]),
+        }
+    }
+
     /// Every series name this registry can export, recorded yet or not (a
     /// vector without children counts): histograms as their `_bucket`, `_sum`
     /// and `_count` series, since the bare name is never a series. Dashboards
@@ -486,7 +541,11 @@ impl Metrics {
             &inner.replication_images,
         ];
         let mut names = Vec::new();
-        let all = collectors.into_iter().chain(inner.advertise.collectors()).chain(inner.state.collectors());
+        let all = collectors
+            .into_iter()
+            .chain(inner.advertise.collectors())
+            .chain(inner.state.collectors())
+            .chain(inner.listeners.collectors());
         for family in all.flat_map(|collector| collector.collect()) {
             let name = family.name();
             let suffixes: &[&str] = match family.get_field_type() {
@@ -605,6 +664,94 @@ impl StateMetrics {
     }
 }
 
+/// The HTTP listeners' connection and admission counters (see `registry::server`).
+struct ListenerCounters {
+    open: IntGaugeVec,
+    rejected: IntCounterVec,
+    requests_rejected: IntCounterVec,
+}
+
+impl ListenerCounters {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counters = Self {
+            open: IntGaugeVec::new(
+                Opts::new("shoal_connections_open", "HTTP connections open, by listener."),
+                &["listener"],
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "shoal_connections_rejected_total",
+                    "HTTP connections closed right after accept because the listener was at --max-connections.",
+                ),
+                &["listener"],
+            )?,
+            requests_rejected: IntCounterVec::new(
+                Opts::new(
+                    "shoal_requests_rejected_total",
+                    "HTTP requests refused before being served, by reason: in_flight_limit (503) or url_too_long (414).",
+                ),
+                &["listener", "reason"],
+            )?,
+        };
+        registry.register(Box::new(counters.open.clone()))?;
+        registry.register(Box::new(counters.rejected.clone()))?;
+        registry.register(Box::new(counters.requests_rejected.clone()))?;
+        // Closed labels: every series is exported from the start, at 0.
+        for listener in Listener::ALL.map(Listener::as_str) {
+            counters.open.with_label_values(&[listener]);
+            counters.rejected.with_label_values(&[listener]);
+            for reason in Rejection::ALL.map(Rejection::as_str) {
+                counters.requests_rejected.with_label_values(&[listener, reason]);
+            }
+        }
+        Ok(counters)
+    }
+
+    /// The collectors `new` registers, for `Metrics::metric_names`.
+    fn collectors(&self) -> [&dyn Collector; 3] {
+        [&self.open, &self.rejected, &self.requests_rejected]
+    }
+}
+
+/// One listener's connection and admission metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    open: IntGauge,
+    rejected: IntCounter,
+    in_flight_limit: IntCounter,
+    url_too_long: IntCounter,
+}
+
+impl ListenerMetrics {
+    /// Counts one open connection until the guard drops.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.open.inc();
+        OpenConnection(self.open.clone())
+    }
+
+    /// A connection closed at once: the listener was full.
+    pub fn connection_rejected(&self) {
+        self.rejected.inc();
+    }
+
+    /// A request refused before it was served.
+    pub fn request_rejected(&self, reason: Rejection) {
+        match reason {
+            Rejection::InFlightLimit => self.in_flight_limit.inc(),
+            Rejection::UrlTooLong => self.url_too_long.inc(),
+        }
+    }
+}
+
+/// Decrements the open-connections gauge when dropped.
+pub struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Decrements the in-flight gauge when dropped.
 pub struct InFlight(Gauge);
 
@@ -701,6 +848,13 @@ mod tests {
         assert!(!text.contains("shoal_replication_images{"), "replication states exported while inactive");
         for mode in START_MODES {
             assert!(text.contains(&format!(r#"shoal_state_start_mode{{mode="{mode}"}} 0"#)), "{mode}");
+        }
+        for listener in ["registry", "metrics"] {
+            assert!(text.contains(&format!(r#"shoal_connections_rejected_total{{listener="{listener}"}} 0"#)));
+            for reason in ["in_flight_limit", "url_too_long"] {
+                let series = format!(r#"shoal_requests_rejected_total{{listener="{listener}",reason="{reason}"}} 0"#);
+                assert!(text.contains(&series), "{series}");
+            }
         }
     }
 

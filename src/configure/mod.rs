@@ -9,7 +9,7 @@
 
 mod backup;
 mod files;
-mod hosts_toml;
+pub mod hosts_toml;
 mod target;
 #[cfg(test)]
 mod tests;

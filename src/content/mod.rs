@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::oci::{Digest, MediaType, ResolvedRange};
 
-pub use containerd::{ContainerdConfig, ContainerdStore};
+pub use containerd::{ContainerdConfig, ContainerdStore, decode_event_envelope};
 pub use index::{ContentIndex, IndexedBlob, IndexedImage, KeyChanges};
 pub use walk::{MAX_MANIFEST_SIZE, WalkedBlob};
 

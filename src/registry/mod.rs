@@ -17,12 +17,12 @@ pub mod uploads;
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
 use crate::content::ContentIndex;
 use crate::health::{self, Health};
-use crate::metrics::{Metrics, Source};
+use crate::metrics::{Listener, Metrics, Rejection, Source};
 use crate::mirror::{MIRRORED_HEADER, Mirror};
 use crate::oci::{ByteRange, DistributionPath, PathError, PathKind, Registry};
 use crate::replication::gossip::HOT_LIST_PATH;
@@ -33,7 +33,7 @@ pub use uploads::UploadLimits;
 use uploads::Uploads;
 
 /// Which upstream registries this node serves, and what it uploads to peers.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RegistryConfig {
     /// Registries (as containerd names them in `ns`) to serve; empty means all.
     pub mirrored: Vec<Registry>,
@@ -42,6 +42,26 @@ pub struct RegistryConfig {
     pub popularity: PopularityConfig,
     /// Who is served at all.
     pub access: AccessPolicy,
+    /// Longest request URL (path and query) served; longer gets 414.
+    pub max_url_bytes: usize,
+}
+
+impl RegistryConfig {
+    /// Room for the longest valid pull path (about 350 bytes) with its query,
+    /// and little else.
+    pub const DEFAULT_MAX_URL_BYTES: usize = 4096;
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            mirrored: Vec::new(),
+            uploads: UploadLimits::default(),
+            popularity: PopularityConfig::default(),
+            access: AccessPolicy::open(),
+            max_url_bytes: Self::DEFAULT_MAX_URL_BYTES,
+        }
+    }
 }
 
 /// The registry request handler. Cheap to clone.
@@ -96,6 +116,11 @@ impl RegistryHandler {
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let head = req.method() == Method::HEAD;
+        if url_len(req.uri()) > self.inner.config.max_url_bytes {
+            self.inner.metrics.listener(Listener::Registry).request_rejected(Rejection::UrlTooLong);
+            let message = format!("request URL is longer than {} bytes", self.inner.config.max_url_bytes);
+            return oci_error(StatusCode::URI_TOO_LONG, ErrorCode::NameInvalid, &message, head);
+        }
         if req.method() != Method::GET && !head {
             return oci_error(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported, "this mirror is pull-only", head);
         }
@@ -177,6 +202,14 @@ impl RegistryHandler {
     }
 }
 
+/// The length of the request target as sent: path and query, plus scheme
+/// and authority for the absolute form.
+fn url_len(uri: &Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |scheme| scheme.len() + "://".len());
+    let authority = uri.authority().map_or(0, |authority| authority.as_str().len());
+    scheme + authority + uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+}
+
 fn path_error(error: &PathError, head: bool) -> Response<Body> {
     let message = error.to_string();
     match error {
@@ -225,5 +258,13 @@ mod tests {
         assert_eq!(encoded.as_deref(), Some("127.0.0.200:5000"));
         assert_eq!(ns_param(None), Ok(None));
         assert!(ns_param(Some("ns=bad/host")).is_err());
+    }
+
+    #[test]
+    fn url_length_counts_what_the_client_sent() {
+        let len = |uri: &str| url_len(&uri.parse::<Uri>().unwrap_or_default());
+        assert_eq!(len("/v2/"), 4);
+        assert_eq!(len("/v2/a/manifests/b?ns=docker.io"), 30);
+        assert_eq!(len("http://127.0.0.1:5000/v2/"), 25);
     }
 }

@@ -15,10 +15,11 @@ use hyper_util::rt::TokioExecutor;
 use shoal::content::ContentIndex;
 use shoal::content::memory::MemoryStore;
 use shoal::health::Health;
-use shoal::metrics::Metrics;
+use shoal::metrics::{Listener, Metrics};
 use shoal::mirror::{HedgePolicy, Mirror, MirrorConfig, PeerScores, PeerTimeouts};
 use shoal::oci::Registry;
-use shoal::registry::{AccessPolicy, RegistryConfig, RegistryHandler, UploadLimits, server};
+use shoal::registry::server::{Server, ServerLimits};
+use shoal::registry::{AccessPolicy, RegistryConfig, RegistryHandler, UploadLimits};
 use shoal::routing::memory::{MemoryNetwork, MemoryRouter};
 use shoal::routing::{Peer, PeerName, Router};
 use tokio::net::TcpListener;
@@ -46,6 +47,8 @@ pub struct NodeOptions {
     pub private: Vec<Registry>,
     /// Verified blob transfers after which a peer's blobs pass straight through (0: never).
     pub stream_after_verified: u32,
+    pub server: ServerLimits,
+    pub max_url_bytes: usize,
 }
 
 impl Default for NodeOptions {
@@ -59,6 +62,8 @@ impl Default for NodeOptions {
             access: AccessPolicy::open(),
             private: Vec::new(),
             stream_after_verified: 0,
+            server: ServerLimits::default(),
+            max_url_bytes: RegistryConfig::DEFAULT_MAX_URL_BYTES,
         }
     }
 }
@@ -117,6 +122,7 @@ impl TestNode {
                 mirrored: options.mirrored,
                 uploads: options.uploads,
                 access: options.access,
+                max_url_bytes: options.max_url_bytes,
                 ..RegistryConfig::default()
             },
         );
@@ -124,7 +130,8 @@ impl TestNode {
             let handler = handler.clone();
             async move { handler.handle(req).await }
         };
-        tokio::spawn(server::serve(listener, serve, token.clone(), TaskTracker::new()));
+        let server = Server::new(options.server).with_metrics(metrics.listener(Listener::Registry));
+        tokio::spawn(server.serve(listener, serve, token.clone(), TaskTracker::new()));
         Self { addr, store, router, index, metrics, mirror, token, _spool: spool }
     }
 

@@ -179,6 +179,14 @@ fn quote(value: &str) -> String {
     format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// Decodes one protobuf `Envelope` as it arrives on the event stream and
+/// translates it: `None` for undecodable bytes and for events we do not care
+/// about. Pure; the fuzz target `containerd_event` drives it.
+pub fn decode_event_envelope(bytes: &[u8], namespace: &str) -> Option<ContentEvent> {
+    let envelope = Envelope::decode(bytes).ok()?;
+    translate(&envelope, namespace)
+}
+
 /// Translates one envelope, `None` for events we do not care about.
 fn translate(envelope: &Envelope, namespace: &str) -> Option<ContentEvent> {
     if envelope.namespace != namespace {

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::content::{BlobStream, ContentEvent, ContentStore, Error, ImageRecord};
 use crate::oci::{Digest, ResolvedRange};
 use client::Client;
+pub use events::decode_event_envelope;
 
 /// Where and how to reach containerd.
 #[derive(Debug, Clone)]
