@@ -4,6 +4,7 @@
 #
 #   scripts/fuzz.sh                 # every target, FUZZ_SECONDS (default 20) each
 #   FUZZ_SECONDS=60 scripts/fuzz.sh reference digest
+#   FUZZ_FLAGS="--dev --sanitizer none" scripts/fuzz.sh   # quicker build (CI's smoke run)
 #
 # Only stable Rust is needed: RUSTC_BOOTSTRAP=1 lets stable take the nightly
 # flags cargo-fuzz passes (-Zsanitizer=address; stable ships the asan runtime).
@@ -13,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
+# Extra cargo-fuzz flags for both build and run, e.g. "--dev --sanitizer none".
+read -r -a flags <<<"${FUZZ_FLAGS:-}"
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -27,7 +30,7 @@ else
 fi
 
 echo "==> building ${#targets[@]} fuzz targets"
-cargo fuzz build
+cargo fuzz build ${flags[@]+"${flags[@]}"}
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
@@ -37,7 +40,7 @@ for target in "${targets[@]}"; do
   mkdir -p "$scratch/$target"
   log="$scratch/$target.log"
   result=ok
-  if ! cargo fuzz run "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
+  if ! cargo fuzz run ${flags[@]+"${flags[@]}"} "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
     -max_total_time="$FUZZ_SECONDS" -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
     result=CRASH
     failed+=("$target")

@@ -16,6 +16,8 @@ step "build"
 cargo build --workspace --all-targets
 step "tests (unit, component, multi-node, real containerd, end-to-end)"
 cargo test --workspace
+step "fuzz every untrusted-input parser (bounded smoke run; scripts/fuzz.sh for longer)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" FUZZ_FLAGS="${FUZZ_FLAGS:---dev --sanitizer none}" scripts/fuzz.sh
 if [ -x .ci/chart-checks.sh ]; then
   step "chart, image and dashboard checks"
   .ci/chart-checks.sh
