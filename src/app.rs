@@ -34,7 +34,7 @@ use crate::registry::response::{Body, text};
 use crate::registry::{RegistryConfig, RegistryHandler, server};
 use crate::replication::{CriConfig, CriPuller, ReplicationConfig, Replicator};
 use crate::routing::Router;
-use crate::routing::p2p::{self, BootstrapPeer, KnownPeer, P2pConfig, P2pRouter};
+use crate::routing::p2p::{self, BootstrapPeer, KnownPeer, P2pConfig, P2pRouter, TransportKind};
 use crate::state::{Loaded, PeerRecord, State};
 
 /// Most providers asked for one key: the DHT keeps at most 20 per key.
@@ -136,6 +136,7 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         provider_ttl: config.provider_ttl,
         resolve_timeout: config.resolve_timeout,
         identity,
+        transport: TransportKind::Tcp,
     };
     let p2p_router = p2p::start(p2p_config, token.clone(), &tracker).await?;
     let name = p2p_router.local_name().to_string();

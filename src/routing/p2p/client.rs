@@ -20,6 +20,7 @@ use super::behaviour::QUERY_TIMEOUT;
 use super::bootstrap::Target;
 use super::bulk::BulkOutcome;
 use super::known::KnownPeer;
+use super::store::StoreStats;
 use crate::oci::Key;
 use crate::routing::{Error, Links, Peer, PeerName, Router};
 
@@ -67,6 +68,10 @@ pub(super) enum Command {
     /// Seed the routing table with peers known earlier and dial them.
     DialKnown {
         peers: Vec<KnownPeer>,
+    },
+    /// Count the records of the local store.
+    StoreStats {
+        reply: oneshot::Sender<StoreStats>,
     },
 }
 
@@ -156,6 +161,11 @@ impl P2pRouter {
             return Ok(());
         }
         self.send(Command::DialKnown { peers }).await
+    }
+
+    /// How many provider records this node's store holds (its own and others').
+    pub async fn store_stats(&self) -> Result<StoreStats, Error> {
+        self.request(|reply| Command::StoreStats { reply }, LOCAL_COMMAND_TIMEOUT).await
     }
 
     pub(super) async fn send(&self, command: Command) -> Result<(), Error> {

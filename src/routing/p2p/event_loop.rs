@@ -27,6 +27,7 @@ use super::bulk::{Bulk, record_key};
 use super::client::{Command, Shared};
 use super::known;
 use super::lookups::Lookups;
+use super::store::ProviderStore;
 use crate::oci::Key;
 use crate::routing::{Error, LinkEvent, Peer, PeerName};
 
@@ -78,7 +79,7 @@ impl EventLoop {
         tracing::debug!("p2p router stopped");
     }
 
-    fn kad(&mut self) -> &mut kad::Behaviour<kad::store::MemoryStore> {
+    fn kad(&mut self) -> &mut kad::Behaviour<ProviderStore> {
         &mut self.swarm.behaviour_mut().kad
     }
 
@@ -96,6 +97,9 @@ impl EventLoop {
                 let _ = reply.send(known::list(&mut self.swarm, self.book.rule()));
             }
             Command::DialKnown { peers } => known::dial(&mut self.swarm, self.book.rule(), peers),
+            Command::StoreStats { reply } => {
+                let _ = reply.send(self.kad().store_mut().stats());
+            }
         }
     }
 

@@ -16,7 +16,9 @@
 //! - `addresses`: announced addresses and the registry endpoint rule.
 //! - `bootstrap`: bootstrap peers, DNS, and the reconnect schedule.
 //! - `known`: the routing table's peers for the peer store, and re-dialling them.
-//! - `transport`: TCP + noise + yamux, dialling from fresh ports.
+//! - `store`: the provider records kept per key, and their counts.
+//! - `transport`: TCP + noise + yamux, dialling from fresh ports (or the
+//!   in-process memory transport, for simulations: [`TransportKind`]).
 
 mod addresses;
 mod announce;
@@ -28,6 +30,7 @@ mod event_loop;
 mod identity;
 mod known;
 mod lookups;
+mod store;
 mod transport;
 
 use std::net::SocketAddr;
@@ -43,6 +46,7 @@ pub use bootstrap::{BootstrapPeer, BootstrapPeerError};
 pub use client::P2pRouter;
 pub use identity::Identity;
 pub use known::KnownPeer;
+pub use store::StoreStats;
 
 use addresses::{AddressBook, EndpointRule, tcp_multiaddr};
 use behaviour::Behaviour;
@@ -70,6 +74,19 @@ pub struct P2pConfig {
     /// How long a lookup may take before its stream ends.
     pub resolve_timeout: Duration,
     pub identity: Identity,
+    pub transport: TransportKind,
+}
+
+/// Which transport carries the node's connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TransportKind {
+    /// TCP, noise and yamux: every real node.
+    #[default]
+    Tcp,
+    /// libp2p's in-process memory transport (noise and yamux on top), for
+    /// simulating many nodes in one process. Addresses keep their TCP shape
+    /// (`listen`, bootstrap peers) but only name nodes: no socket is opened.
+    Memory,
 }
 
 impl P2pConfig {
@@ -86,6 +103,7 @@ impl P2pConfig {
             provider_ttl: Self::DEFAULT_PROVIDER_TTL,
             resolve_timeout: Self::DEFAULT_RESOLVE_TIMEOUT,
             identity,
+            transport: TransportKind::Tcp,
         }
     }
 }
@@ -104,7 +122,9 @@ pub enum Error {
 /// Binds the listener and spawns the swarm task (and the bootstrap task if
 /// any peer is configured) on `tracker`. Both end when `token` is cancelled.
 pub async fn start(config: P2pConfig, token: CancellationToken, tracker: &TaskTracker) -> Result<P2pRouter, Error> {
-    ensure_address_free(config.listen)?;
+    if config.transport == TransportKind::Tcp {
+        ensure_address_free(config.listen)?;
+    }
     let mut swarm = build_swarm(&config)?;
     swarm
         .listen_on(tcp_multiaddr(config.listen))
@@ -138,9 +158,13 @@ fn ensure_address_free(addr: SocketAddr) -> Result<(), Error> {
 
 fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, Error> {
     let provider_ttl = config.provider_ttl;
+    let build_transport = match config.transport {
+        TransportKind::Tcp => transport::build,
+        TransportKind::Memory => transport::build_memory,
+    };
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.identity.keypair().clone())
         .with_tokio()
-        .with_other_transport(transport::build)
+        .with_other_transport(build_transport)
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_behaviour(|key| Behaviour::new(key, provider_ttl))
         .map_err(|e| Error::Transport(e.to_string()))?
