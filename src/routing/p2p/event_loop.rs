@@ -24,7 +24,7 @@ use super::addresses::{AddressBook, tcp_multiaddr, tcp_socket_addr};
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::bootstrap::Target;
 use super::bulk::{Bulk, record_key};
-use super::client::{Command, Shared};
+use super::client::{Command, RouterStats, Shared};
 use super::known;
 use super::lookups::Lookups;
 use super::store::ProviderStore;
@@ -44,6 +44,7 @@ pub(super) struct EventLoop {
     /// Whether the first Kademlia bootstrap (self-lookup) was started.
     bootstrapped: bool,
     bulk: Bulk,
+    stats: RouterStats,
 }
 
 impl EventLoop {
@@ -55,7 +56,17 @@ impl EventLoop {
         bulk: Bulk,
     ) -> Self {
         let lookups = Lookups::new(*swarm.local_peer_id());
-        Self { swarm, commands, shared, book, lookups, provides: HashMap::new(), bootstrapped: false, bulk }
+        Self {
+            swarm,
+            commands,
+            shared,
+            book,
+            lookups,
+            provides: HashMap::new(),
+            bootstrapped: false,
+            bulk,
+            stats: RouterStats::default(),
+        }
     }
 
     pub(super) async fn run(mut self, token: CancellationToken) {
@@ -97,8 +108,9 @@ impl EventLoop {
                 let _ = reply.send(known::list(&mut self.swarm, self.book.rule()));
             }
             Command::DialKnown { peers } => known::dial(&mut self.swarm, self.book.rule(), peers),
-            Command::StoreStats { reply } => {
-                let _ = reply.send(self.kad().store_mut().stats());
+            Command::Stats { reply } => {
+                let stats = RouterStats { store: self.kad().store_mut().stats(), ..self.stats };
+                let _ = reply.send(stats);
             }
         }
     }
@@ -281,6 +293,7 @@ impl EventLoop {
                     self.dial_providers(to_dial);
                 }
                 if step.last {
+                    self.stats.lookup_ended(stats.num_requests());
                     self.lookups.query_finished(id);
                 }
             }

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use bootstrap::{BootstrapPeer, BootstrapPeerError};
-pub use client::P2pRouter;
+pub use client::{P2pRouter, RouterStats};
 pub use identity::Identity;
 pub use known::KnownPeer;
 pub use store::StoreStats;
