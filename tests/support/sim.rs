@@ -49,6 +49,8 @@ pub struct SimConfig {
     pub lookups: usize,
     pub concurrency: usize,
     pub seed: u64,
+    /// How long one lookup may run (the router's resolve timeout).
+    pub resolve_timeout: Duration,
 }
 
 impl SimConfig {
@@ -64,6 +66,7 @@ impl SimConfig {
             lookups: 2000,
             concurrency: 8,
             seed: 7,
+            resolve_timeout: P2pConfig::DEFAULT_RESOLVE_TIMEOUT,
         }
     }
 }
@@ -113,6 +116,7 @@ impl Cluster {
             let listen = SocketAddr::new(node_ip(config.subnet, n).into(), port);
             let mut p2p_config = P2pConfig::new(listen, REGISTRY_PORT, Identity::generate());
             p2p_config.transport = config.transport;
+            p2p_config.resolve_timeout = config.resolve_timeout;
             let mut seeds = vec![0, n / 2, n.saturating_sub(1)];
             seeds.dedup();
             for seed in seeds.into_iter().filter(|s| *s < n) {
