@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/support/sim.rs"]
+#[allow(dead_code)]
 mod sim;
 
 use std::time::Duration;
