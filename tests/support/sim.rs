@@ -153,7 +153,7 @@ impl Cluster {
     }
 
     fn holds_shared(&self, n: usize, j: usize) -> bool {
-        (n + j * 7) % self.config.shared_every == 0
+        (n + j * 7).is_multiple_of(self.config.shared_every)
     }
 
     /// The nodes holding `key` of `class` number `i` (owner: the unique key's node).
