@@ -35,7 +35,7 @@ use crate::registry::server::{Server, ServerLimits};
 use crate::registry::{AccessPolicy, RegistryConfig, RegistryHandler};
 use crate::replication::{CriConfig, CriPuller, ReplicationConfig, Replicator};
 use crate::routing::Router;
-use crate::routing::p2p::{self, BootstrapPeer, KnownPeer, P2pConfig, P2pRouter, SwarmKey};
+use crate::routing::p2p::{self, BootstrapPeer, KnownPeer, P2pConfig, P2pRouter, SwarmKey, TransportKind};
 use crate::state::{Loaded, PeerRecord, State};
 
 /// Most providers asked for one key: the DHT keeps at most 20 per key.
@@ -152,6 +152,7 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         resolve_timeout: config.resolve_timeout,
         identity,
         swarm_key,
+        transport: TransportKind::Tcp,
     };
     let p2p_router = p2p::start(p2p_config, token.clone(), &tracker).await?;
     let name = p2p_router.local_name().to_string();

@@ -9,11 +9,11 @@
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
-use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, allow_block_list, identify, kad, ping, request_response};
 
 use super::announce::{ANNOUNCE_PROTOCOL, AnnounceCodec};
+use super::store::ProviderStore;
 
 /// Kademlia protocol name: Shoal nodes form a DHT of their own.
 pub(super) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1.0.0");
@@ -22,8 +22,6 @@ const IDENTIFY_VERSION: &str = "/shoal/id/1.0.0";
 /// Keys (local and remote) the record store holds: a node with many images
 /// advertises tens of thousands of digests, and stores others' records too.
 const MAX_STORED_KEYS: usize = 100_000;
-/// Kademlia's k: providers kept per key, and peers a record is stored on.
-const PROVIDERS_PER_KEY: usize = 20;
 /// How long one Kademlia query may run before it reports a timeout.
 pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Peers kept per routing-table bucket. Larger than Kademlia's usual 20 so
@@ -41,7 +39,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
-    pub(super) kad: kad::Behaviour<MemoryStore>,
+    pub(super) kad: kad::Behaviour<ProviderStore>,
     pub(super) announce: request_response::Behaviour<AnnounceCodec>,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
@@ -52,15 +50,7 @@ pub(super) struct Behaviour {
 impl Behaviour {
     pub(super) fn new(keypair: &Keypair, provider_ttl: Duration) -> Self {
         let local = keypair.public().to_peer_id();
-        let store = MemoryStore::with_config(
-            local,
-            MemoryStoreConfig {
-                max_records: MAX_STORED_KEYS,
-                max_provided_keys: MAX_STORED_KEYS,
-                max_providers_per_key: PROVIDERS_PER_KEY,
-                ..MemoryStoreConfig::default()
-            },
-        );
+        let store = ProviderStore::new(local, MAX_STORED_KEYS);
         let mut kad = kad::Behaviour::with_config(local, store, kad_config(provider_ttl));
         kad.set_mode(Some(kad::Mode::Server));
         let identify = identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), keypair.public()));

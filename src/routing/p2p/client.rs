@@ -22,6 +22,7 @@ use super::bootstrap::Target;
 use super::bulk::BulkOutcome;
 use super::known::KnownPeer;
 use super::peer_ips::PeerIps;
+use super::store::StoreStats;
 use crate::oci::Key;
 use crate::routing::{Error, Links, Peer, PeerName, Router};
 
@@ -78,6 +79,31 @@ pub(super) enum Command {
     Recovered {
         peer: PeerId,
     },
+    /// Count the records of the local store and the lookups' queries.
+    Stats {
+        reply: oneshot::Sender<RouterStats>,
+    },
+}
+
+/// Counters of one node's router.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterStats {
+    pub store: StoreStats,
+    /// Provider-lookup queries that ended.
+    pub lookup_queries: u64,
+    /// Requests those queries sent to peers (Kademlia's `QueryStats`).
+    pub lookup_requests: u64,
+    /// The most requests one of those queries sent.
+    pub lookup_max_requests: u32,
+}
+
+impl RouterStats {
+    /// A provider-lookup query ended after sending `requests` requests.
+    pub(super) fn lookup_ended(&mut self, requests: u32) {
+        self.lookup_queries += 1;
+        self.lookup_requests += u64::from(requests);
+        self.lookup_max_requests = self.lookup_max_requests.max(requests);
+    }
 }
 
 /// State the swarm task publishes for synchronous readers.
@@ -191,6 +217,12 @@ impl P2pRouter {
         if let Err(error) = self.commands.try_send(command(peer)) {
             tracing::debug!(%peer, %error, "peer health hint dropped");
         }
+    }
+
+    /// How many provider records this node's store holds (its own and
+    /// others'), and what its lookups' queries cost (for benchmarks and simulations).
+    pub async fn stats(&self) -> Result<RouterStats, Error> {
+        self.request(|reply| Command::Stats { reply }, LOCAL_COMMAND_TIMEOUT).await
     }
 
     pub(super) async fn send(&self, command: Command) -> Result<(), Error> {

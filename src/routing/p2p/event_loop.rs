@@ -24,10 +24,11 @@ use super::addresses::{AddressBook, tcp_multiaddr, tcp_socket_addr};
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::bootstrap::Target;
 use super::bulk::{Bulk, record_key};
-use super::client::{Command, Shared};
+use super::client::{Command, RouterStats, Shared};
 use super::known;
 use super::lookups::Lookups;
 use super::shun::Shunned;
+use super::store::ProviderStore;
 use crate::oci::Key;
 use crate::routing::{Error, LinkEvent, Peer, PeerName};
 
@@ -51,6 +52,7 @@ pub(super) struct EventLoop {
     /// Dial every provider a lookup finds, not only those without a known
     /// address: in a private network a registry serves connected peers only.
     connect_providers: bool,
+    stats: RouterStats,
 }
 
 impl EventLoop {
@@ -62,10 +64,19 @@ impl EventLoop {
         bulk: Bulk,
     ) -> Self {
         let lookups = Lookups::new(*swarm.local_peer_id());
-        let provides = HashMap::new();
-        let shunned = Shunned::default();
-        let connect_providers = false;
-        Self { swarm, commands, shared, book, lookups, provides, bootstrapped: false, bulk, shunned, connect_providers }
+        Self {
+            swarm,
+            commands,
+            shared,
+            book,
+            lookups,
+            provides: HashMap::new(),
+            bootstrapped: false,
+            bulk,
+            shunned: Shunned::default(),
+            connect_providers: false,
+            stats: RouterStats::default(),
+        }
     }
 
     /// Connects to every provider found (see `connect_providers`).
@@ -97,7 +108,7 @@ impl EventLoop {
         tracing::debug!("p2p router stopped");
     }
 
-    fn kad(&mut self) -> &mut kad::Behaviour<kad::store::MemoryStore> {
+    fn kad(&mut self) -> &mut kad::Behaviour<ProviderStore> {
         &mut self.swarm.behaviour_mut().kad
     }
 
@@ -117,6 +128,10 @@ impl EventLoop {
             Command::DialKnown { peers } => known::dial(&mut self.swarm, self.book.rule(), peers),
             Command::Unresponsive { peer } => self.shun(peer, "the mirror found it unresponsive"),
             Command::Recovered { peer } => self.redial(peer),
+            Command::Stats { reply } => {
+                let stats = RouterStats { store: self.kad().store_mut().stats(), ..self.stats };
+                let _ = reply.send(stats);
+            }
         }
     }
 
@@ -366,6 +381,7 @@ impl EventLoop {
                     self.connect(providers);
                 }
                 if step.last {
+                    self.stats.lookup_ended(stats.num_requests());
                     self.lookups.query_finished(id);
                 }
             }

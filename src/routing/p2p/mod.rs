@@ -20,6 +20,9 @@
 //! - `transport`: TCP + noise + yamux, dialling from fresh ports.
 //! - [`swarm_key`]: the optional pre-shared key of a private network.
 //! - `peer_ips`: the IP addresses of connected peers, for access control.
+//! - `store`: the provider records kept per key, and their counts.
+//! - `transport`: TCP + noise + yamux, dialling from fresh ports (or the
+//!   in-process memory transport, for simulations: [`TransportKind`]).
 
 mod addresses;
 mod announce;
@@ -33,6 +36,7 @@ mod known;
 mod lookups;
 mod peer_ips;
 mod shun;
+mod store;
 pub mod swarm_key;
 mod transport;
 
@@ -46,9 +50,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use bootstrap::{BootstrapPeer, BootstrapPeerError};
-pub use client::P2pRouter;
+pub use client::{P2pRouter, RouterStats};
 pub use identity::Identity;
 pub use known::KnownPeer;
+pub use store::StoreStats;
 pub use swarm_key::{SwarmKey, SwarmKeyError};
 
 use addresses::{AddressBook, EndpointRule, tcp_multiaddr};
@@ -80,6 +85,19 @@ pub struct P2pConfig {
     /// The private network's pre-shared key: only nodes with the same key
     /// can connect. `None` is an open network (noise still authenticates).
     pub swarm_key: Option<SwarmKey>,
+    pub transport: TransportKind,
+}
+
+/// Which transport carries the node's connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TransportKind {
+    /// TCP, noise and yamux: every real node.
+    #[default]
+    Tcp,
+    /// libp2p's in-process memory transport (noise and yamux on top), for
+    /// simulating many nodes in one process. Addresses keep their TCP shape
+    /// (`listen`, bootstrap peers) but only name nodes: no socket is opened.
+    Memory,
 }
 
 impl P2pConfig {
@@ -97,6 +115,7 @@ impl P2pConfig {
             resolve_timeout: Self::DEFAULT_RESOLVE_TIMEOUT,
             identity,
             swarm_key: None,
+            transport: TransportKind::Tcp,
         }
     }
 }
@@ -115,7 +134,9 @@ pub enum Error {
 /// Binds the listener and spawns the swarm task (and the bootstrap task if
 /// any peer is configured) on `tracker`. Both end when `token` is cancelled.
 pub async fn start(config: P2pConfig, token: CancellationToken, tracker: &TaskTracker) -> Result<P2pRouter, Error> {
-    ensure_address_free(config.listen)?;
+    if config.transport == TransportKind::Tcp {
+        ensure_address_free(config.listen)?;
+    }
     let mut swarm = build_swarm(&config)?;
     swarm
         .listen_on(tcp_multiaddr(config.listen))
@@ -156,9 +177,13 @@ fn ensure_address_free(addr: SocketAddr) -> Result<(), Error> {
 fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, Error> {
     let provider_ttl = config.provider_ttl;
     let swarm_key = config.swarm_key;
+    let kind = config.transport;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.identity.keypair().clone())
         .with_tokio()
-        .with_other_transport(|keypair| transport::build(keypair, swarm_key))
+        .with_other_transport(move |keypair| match kind {
+            TransportKind::Tcp => transport::build(keypair, swarm_key),
+            TransportKind::Memory => transport::build_memory(keypair),
+        })
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_behaviour(|key| Behaviour::new(key, provider_ttl))
         .map_err(|e| Error::Transport(e.to_string()))?
