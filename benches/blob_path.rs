@@ -135,7 +135,7 @@ async fn run() {
 
     let network = MemoryNetwork::new();
     let holder = TestNode::start(&network, "holder").await;
-    add_image(&holder.store, "registry.test/team/app:big", &[data.clone()]);
+    add_image(&holder.store, "registry.test/team/app:big", std::slice::from_ref(&data));
     holder.sync().await;
     drop(data);
     let path = blob_path(&digest);

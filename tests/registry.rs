@@ -311,7 +311,7 @@ async fn a_peer_that_answered_404_for_a_key_is_not_asked_again_for_it() {
     // A node still advertised for the layer (its record outlives the content).
     let forgetful = TestNode::start(&network, "forgetful").await;
     let (digest, bytes) = &image.layers[0];
-    advertise(&network, "forgetful", forgetful.addr, &[Key::Digest(digest.clone())]).await;
+    advertise(&network, "forgetful", forgetful.addr, &[Key::Digest(*digest)]).await;
     let puller = TestNode::start(&network, "puller").await;
 
     let mut asked = 0;
