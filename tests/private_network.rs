@@ -42,8 +42,9 @@ struct Net {
 
 impl Net {
     async fn new(block: u8) -> Self {
-        let free = || async { TcpListener::bind((ip_in(block, 1), 0)).await.unwrap().local_addr().unwrap().port() };
-        Self { block, registry_port: free().await, router_port: free().await }
+        let registry_port = free_on_every_node(block, None);
+        let router_port = free_on_every_node(block, Some(registry_port));
+        Self { block, registry_port, router_port }
     }
 
     fn ip(&self, i: u8) -> Ipv4Addr {
@@ -72,6 +73,22 @@ impl Net {
         let node = TestNode::serve(listener, Arc::new(router.clone()), options);
         Node { node, router, ip: IpAddr::V4(ip), token }
     }
+}
+
+/// Nodes per block.
+const NODES: u8 = 4;
+
+/// A port free on every node's address of `block` (a port free on one
+/// address may be taken on another), other than `taken`.
+fn free_on_every_node(block: u8, taken: Option<u16>) -> u16 {
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind((ip_in(block, 1), 0)).unwrap().local_addr().unwrap().port();
+        let free = (1..=NODES).all(|i| std::net::TcpListener::bind((ip_in(block, i), port)).is_ok());
+        if free && Some(port) != taken {
+            return port;
+        }
+    }
+    panic!("no port free on every address of block {block}");
 }
 
 fn ip_in(block: u8, i: u8) -> Ipv4Addr {
