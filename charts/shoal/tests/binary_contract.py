@@ -12,6 +12,7 @@ the scratch directory; the bootstrap name becomes `localhost`, so nothing is
 looked up beyond /etc/hosts and only 127.0.0.1 is dialled.
 """
 
+import base64
 import os
 import re
 import shutil
@@ -86,6 +87,10 @@ def http_status(url):
         return None
 
 
+# What an operator's own Secret (psk.existingSecret) holds: a libp2p swarm key.
+OPERATOR_SWARM_KEY = b"/key/swarm/psk/1.0.0/\n/base16/\n" + b"ab" * 32 + b"\n"
+
+
 class ChartAndBinaryAgree(unittest.TestCase):
     def render_pod(self, *helm_args):
         """Renders the chart on free loopback ports; keeps the pod's containers."""
@@ -96,7 +101,8 @@ class ChartAndBinaryAgree(unittest.TestCase):
             [HELM, "template", "shoal", CHART, "--namespace", "kube-system", *helm_args,
              "--set", ",".join(f"ports.{k}={v}" for k, v in self.ports.items())],
             check=True, capture_output=True, text=True, timeout=60).stdout
-        ds = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "DaemonSet")
+        docs = [d for d in yaml.safe_load_all(out) if d]
+        ds = next(d for d in docs if d["kind"] == "DaemonSet")
         pod = ds["spec"]["template"]["spec"]
         self.init = pod["initContainers"][0]
         self.main = pod["containers"][0]
@@ -105,6 +111,23 @@ class ChartAndBinaryAgree(unittest.TestCase):
             if name != "containerd-config":
                 os.makedirs(self.host_path(path), exist_ok=True)
         os.makedirs(self.host_path(self.init_config_path()), exist_ok=True)
+        self.write_secret_volumes(pod, docs)
+
+    def write_secret_volumes(self, pod, docs):
+        """Writes Secret items where the kubelet would mount them: the rendered
+        Secret's data, or for a Secret the chart only names (existingSecret) a
+        valid swarm key, as an operator's Secret would hold."""
+        secrets = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "Secret"}
+        for volume in pod.get("volumes", []):
+            source = volume.get("secret")
+            if not source or volume["name"] not in self.mounts:
+                continue
+            data = secrets.get(source["secretName"])
+            for item in source.get("items") or [{"key": k, "path": k} for k in (data or {})]:
+                content = base64.b64decode(data[item["key"]]) if data else OPERATOR_SWARM_KEY
+                target = os.path.join(self.host_path(self.mounts[volume["name"]]), item["path"])
+                with open(target, "wb") as f:
+                    f.write(content)
 
     def init_config_path(self):
         return next(m["mountPath"] for m in self.init["volumeMounts"] if m["name"] == "containerd-config")
@@ -152,6 +175,7 @@ class ChartAndBinaryAgree(unittest.TestCase):
         if expand_args:
             argv = [expand(a, env) for a in argv]
         argv = [self.localise(a) for a in argv]
+        env = {name: self.localise(value) for name, value in env.items()}
         return [SHOAL_BIN, *argv], {**os.environ, **env}
 
     def run_to_end(self, container, argv, expand_args):
