@@ -91,9 +91,7 @@ async fn run() -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,libp2p_kad=error".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    sim::init_tracing();
     watch_memory();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run())

@@ -175,18 +175,10 @@ impl PeerClient {
         self.timeouts
     }
 
-    /// Sends `req` and waits for response headers. 2xx answers come back;
-    /// 404 and every other status are errors.
-    pub async fn send(&self, req: &PeerRequest<'_>) -> Result<PeerResponse, FetchError> {
-        self.send_within(req, self.timeouts.headers).await
-    }
-
-    /// [`Self::send`], waiting at most `header_timeout` for response headers.
-    pub async fn send_within(
-        &self,
-        req: &PeerRequest<'_>,
-        header_timeout: Duration,
-    ) -> Result<PeerResponse, FetchError> {
+    /// Sends `req` and waits at most `header_timeout` (the adaptive one, see
+    /// `hedge`) for response headers. 2xx answers come back; 404 and every
+    /// other status are errors.
+    pub async fn send(&self, req: &PeerRequest<'_>, header_timeout: Duration) -> Result<PeerResponse, FetchError> {
         let request = build_request(req)?;
         let response = tokio::time::timeout(header_timeout, self.client.request(request))
             .await

@@ -42,7 +42,7 @@ impl Mirror {
                 accept: ask.accept,
                 range: ask.range,
             };
-            self.inner.client.send_within(&request, header_timeout).await
+            self.inner.client.send(&request, header_timeout).await
         })
         .await?;
         attempts.won(&won.winner);

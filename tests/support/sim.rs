@@ -387,6 +387,14 @@ pub fn print_latency(outcomes: &[Outcome]) {
     }
 }
 
+/// Logs warnings from `RUST_LOG` (default: warnings, and Kademlia's own
+/// errors only: a simulation provokes many expected query failures).
+pub fn init_tracing() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,libp2p_kad=error".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
 /// Prints the record load per node, the lookups' query cost, and how the
 /// providers returned for base layers (held by every node) spread.
 pub fn print_load(cluster: &Cluster, stats: &[RouterStats], outcomes: &[Outcome]) {
