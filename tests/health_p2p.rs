@@ -127,3 +127,47 @@ async fn an_unresponsive_peer_leaves_routing_until_it_recovers() {
         node.token.cancel();
     }
 }
+
+/// A connection that a shunned peer opens is denied. The denial must leave
+/// no trace in the other protocols: before `blocked` came first among the
+/// behaviours, request-response kept a phantom of the denied connection,
+/// and the close of the peer's next real connection then failed its
+/// consistency check, panicking the swarm task (in debug builds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_connection_leaves_no_phantom_behind() {
+    let port = free_port(Ipv4Addr::new(127, 0, 5, 1));
+    let registry_port = free_port(Ipv4Addr::new(127, 0, 5, 1));
+    let a = start(1, port, registry_port, None).await;
+    let b = start(2, port, registry_port, None).await;
+    let a_addr = SocketAddr::from((Ipv4Addr::new(127, 0, 5, 1), port));
+    let b_addr = SocketAddr::from((Ipv4Addr::new(127, 0, 5, 2), port));
+    let to_a = vec![KnownPeer { name: a.name.clone(), addrs: vec![a_addr] }];
+    let a_links = a.router.links();
+    let b_links = b.router.links();
+    let closed_at_b = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = closed_at_b.clone();
+    let a_name = a.name.clone();
+    b_links.observe(move |event, _| {
+        if matches!(event, shoal::routing::LinkEvent::Down { peer } if *peer == a_name) {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+
+    a.router.peer_unresponsive(&b.name);
+    b.router.dial_known(to_a.clone()).await.unwrap();
+    eventually_within("A denies B's connection and B sees it close", SETTLE, || {
+        closed_at_b.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
+
+    a.router.peer_recovered(&b.name);
+    a.router.dial_known(vec![KnownPeer { name: b.name.clone(), addrs: vec![b_addr] }]).await.unwrap();
+    eventually_within("A connects to B for real", SETTLE, || a_links.get(&b.name).is_some_and(|l| l.connected)).await;
+    b.token.cancel();
+    b.tracker.close();
+    b.tracker.wait().await;
+    eventually_within("A sees B's connection close", SETTLE, || a_links.get(&b.name).is_some_and(|l| !l.connected))
+        .await;
+    assert!(a.router.known_peers().await.is_ok(), "A's swarm task must survive the close");
+    a.token.cancel();
+}

@@ -37,14 +37,20 @@ const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// cluster takes milliseconds).
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Field order matters: the derive asks each field in turn whether to accept
+/// a connection and stops at the first denial, so a behaviour that can deny
+/// (`blocked`) comes first. After a behaviour that already accepted it (and
+/// recorded the connection), a denial leaves that record behind: a phantom
+/// connection that request-response would send announcements to, and that
+/// trips its consistency check when the peer's last real connection closes.
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    /// Denies connections to and from shunned peers (see `shun`).
+    pub(super) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(super) kad: kad::Behaviour<ProviderStore>,
     pub(super) announce: request_response::Behaviour<AnnounceCodec>,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
-    /// Denies connections to and from shunned peers (see `shun`).
-    pub(super) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
 
 impl Behaviour {
@@ -59,7 +65,7 @@ impl Behaviour {
             request_response::Config::default().with_request_timeout(ANNOUNCE_TIMEOUT),
         );
         let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT));
-        Self { kad, announce, identify, ping, blocked: allow_block_list::Behaviour::default() }
+        Self { blocked: allow_block_list::Behaviour::default(), kad, announce, identify, ping }
     }
 }
 
