@@ -2,13 +2,16 @@
 //! registry that flips one byte in every blob body it passes on (`GET` of
 //! `/v2/<name>/blobs/<digest>` answered 2xx), and counts each corruption.
 //! Everything else (manifests, 404s, HEADs) passes through untouched.
+//! [`CorruptingShim::corrupt_from`] turns the corruption off, or limits it to
+//! bodies of a least size, so a peer can first earn trust and then turn bad
+//! on large blobs only.
 //!
 //! It runs as a task in the test process, listens only where it is told (a
 //! loopback address), and stops, with all its connections, when dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -28,6 +31,8 @@ type ShimBody = BoxBody<Bytes, hyper::Error>;
 pub struct CorruptingShim {
     listen: SocketAddr,
     corrupted: Arc<AtomicUsize>,
+    /// Smallest body (`Content-Length`) to corrupt; `u64::MAX`: none.
+    min_corrupt_size: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -36,17 +41,31 @@ struct Proxy {
     backend: SocketAddr,
     client: Client<HttpConnector, Empty<Bytes>>,
     corrupted: Arc<AtomicUsize>,
+    /// Smallest body (`Content-Length`) to corrupt; `u64::MAX`: none.
+    min_corrupt_size: Arc<AtomicU64>,
 }
 
 impl CorruptingShim {
-    /// Listens on `listen` and forwards every request to `backend`.
+    /// Listens on `listen` and forwards every request to `backend`,
+    /// corrupting blob bodies from the start.
     pub async fn start(listen: SocketAddr, backend: SocketAddr) -> Result<Self> {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("shim: bind {listen}"))?;
         let corrupted = Arc::new(AtomicUsize::new(0));
-        let proxy =
-            Proxy { backend, client: Client::builder(TokioExecutor::new()).build_http(), corrupted: corrupted.clone() };
+        let min_corrupt_size = Arc::new(AtomicU64::new(0));
+        let proxy = Proxy {
+            backend,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            corrupted: corrupted.clone(),
+            min_corrupt_size: min_corrupt_size.clone(),
+        };
         let task = tokio::spawn(accept_loop(listener, proxy));
-        Ok(Self { listen, corrupted, task })
+        Ok(Self { listen, corrupted, min_corrupt_size, task })
+    }
+
+    /// Which blob bodies of responses that start from now on get a byte
+    /// flipped: those of at least `min_size` bytes; `None`: none.
+    pub fn corrupt_from(&self, min_size: Option<u64>) {
+        self.min_corrupt_size.store(min_size.unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// Blob bodies corrupted so far.
@@ -95,7 +114,12 @@ impl Proxy {
             Ok(response) => response,
             Err(_) => return status(StatusCode::BAD_GATEWAY),
         };
-        let corrupt = corrupt && response.status().is_success();
+        let size = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let corrupt = corrupt && response.status().is_success() && size >= self.min_corrupt_size.load(Ordering::SeqCst);
         response.map(|body| if corrupt { self.flip_one_byte(body) } else { body.boxed() })
     }
 
@@ -171,6 +195,13 @@ mod tests {
         assert_eq!(&blob.body[..], b"abceef");
         let manifest = crate::http::get(&format!("{base}/v2/a/manifests/v1"), timeout).await.unwrap();
         assert_eq!(&manifest.body[..], b"abcdef");
+        assert_eq!(shim.corrupted(), 1);
+        shim.corrupt_from(Some(7));
+        let small = crate::http::get(&format!("{base}/v2/a/blobs/sha256:00"), timeout).await.unwrap();
+        assert_eq!(&small.body[..], b"abcdef");
+        shim.corrupt_from(None);
+        let honest = crate::http::get(&format!("{base}/v2/a/blobs/sha256:00"), timeout).await.unwrap();
+        assert_eq!(&honest.body[..], b"abcdef");
         assert_eq!(shim.corrupted(), 1);
     }
 }

@@ -116,6 +116,7 @@ impl Mirror {
                 let pass = PassThrough::new(self.clone(), attempts, path, registry, *digest, size, won);
                 return Ok(PeerBlob::Streamed { size, body: pass.into_stream() });
             }
+            tracing::debug!(peer = %won.winner.peer.name, %digest, size, "spooling a blob: too small or peer not trusted yet");
             first = Some(won);
         }
         self.spooled_blob(attempts, &path, registry, digest, first).await.map(PeerBlob::Verified)

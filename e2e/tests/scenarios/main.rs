@@ -20,4 +20,5 @@ mod h_withdrawn_image;
 mod i_shoal_restart;
 mod j_containerd_restart;
 mod k_nowhere_to_pull_from;
+mod l_corrupt_trusted_peer;
 mod support;
