@@ -152,8 +152,8 @@ pub struct RunArgs {
     /// Peers tried for one request, hedges included, before answering 404.
     #[arg(long, env = "SHOAL_MAX_PEER_ATTEMPTS", default_value_t = 4)]
     pub max_peer_attempts: usize,
-    /// Pass large blobs straight through (hashed on the way) from a peer after this many of its blobs were verified; faster, but a trusted peer that turns corrupt fails that pull (0, the default: always verify before sending).
-    #[arg(long, env = "SHOAL_STREAM_AFTER_VERIFIED", default_value_t = 0)]
+    /// Pass large blobs straight through (hashed on the way) from a peer after this many of its blobs were verified: about twice as fast for large layers, but a trusted peer that turns corrupt fails that one pull (the retry succeeds). 0 always verifies before sending.
+    #[arg(long, env = "SHOAL_STREAM_AFTER_VERIFIED", default_value_t = 3)]
     pub stream_after_verified: u32,
     /// Hedge when a peer is slower to answer than this percentile of recent fetches (0 turns hedging off).
     #[arg(long, env = "SHOAL_HEDGE_PERCENTILE", default_value_t = 90, value_parser = clap::value_parser!(u8).range(0..=100))]

@@ -19,7 +19,7 @@ fn positive(value: &Value, what: &str) -> f64 {
 fn check_blob(blob: &Value) {
     let targets = blob["targets"].as_array().expect("blob.targets");
     let names: Vec<&str> = targets.iter().filter_map(|t| t["name"].as_str()).collect();
-    assert_eq!(names, ["nginx", "shoal-local", "shoal-peer", "registry"]);
+    assert_eq!(names, ["nginx", "shoal-local", "shoal-peer-verified", "shoal-peer", "registry"]);
     for target in targets {
         let name = target["name"].as_str().unwrap();
         positive(&target["mb_per_s"], &format!("{name} MB/s"));
@@ -28,6 +28,8 @@ fn check_blob(blob: &Value) {
     }
     assert!((targets[0]["ratio_vs_nginx"].as_f64().unwrap() - 1.0).abs() < 1e-9);
     assert!(positive(&blob["blob_bytes"], "blob bytes") >= (32 << 20) as f64);
+    // Trust is earned in the warm-up: the measured whole fetch is passed through.
+    assert_eq!(blob["peer_passthroughs"], 1.0, "shoal-peer was not passed through");
 }
 
 fn check_concurrent(concurrent: &Value) {

@@ -8,6 +8,7 @@
 mod containerd;
 #[cfg(any(test, feature = "test-util"))]
 pub mod contract;
+pub mod file_range;
 pub mod index;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;

@@ -19,6 +19,7 @@ mod attempts;
 mod candidates;
 pub mod client;
 mod fetch;
+mod hasher;
 pub mod health;
 pub mod hedge;
 mod passthrough;

@@ -18,12 +18,12 @@ use std::io;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use sha2::{Digest as _, Sha256};
 
 use super::Mirror;
 use super::attempts::Attempts;
 use super::client::{FetchError, PeerResponse};
 use super::fetch::{Ask, expected_total};
+use super::hasher::BackgroundHasher;
 use super::race::{AttemptSource, Winner, Won};
 use crate::content::BlobStream;
 use crate::oci::{ByteRange, Digest, DistributionPath, Registry};
@@ -47,7 +47,8 @@ pub(super) struct PassThrough {
     received: u64,
     /// Bytes the current peer delivered.
     from_winner: u64,
-    hasher: Sha256,
+    /// `None` once the digest was taken (or the stream failed).
+    hasher: Option<BackgroundHasher>,
     held: Option<Bytes>,
     /// Every peer that delivered a part, to blame if the digest fails.
     contributors: Vec<Peer>,
@@ -77,7 +78,7 @@ impl PassThrough {
             winner: won.winner,
             received: 0,
             from_winner: 0,
-            hasher: Sha256::new(),
+            hasher: Some(BackgroundHasher::start()),
             held: None,
             contributors,
         }
@@ -100,13 +101,15 @@ impl PassThrough {
     async fn next(&mut self) -> io::Result<Option<Bytes>> {
         loop {
             if self.received == self.size {
-                return self.finish().map(|()| self.held.take());
+                return self.finish().await.map(|()| self.held.take());
             }
             let chunk = self.receive().await?;
             if self.received + chunk.len() as u64 > self.size {
                 return Err(self.corrupt("more bytes than the blob's size"));
             }
-            self.hasher.update(&chunk);
+            // Hashed beside the transfer: the chunk goes on while it is hashed.
+            let hasher = self.hasher.as_ref().ok_or_else(hasher_gone)?;
+            hasher.update(chunk.clone()).await.map_err(io::Error::other)?;
             self.received += chunk.len() as u64;
             self.from_winner += chunk.len() as u64;
             if let Some(previous) = self.held.replace(chunk) {
@@ -157,11 +160,12 @@ impl PassThrough {
     }
 
     /// Every byte is in: checks the digest before the last chunk goes out.
-    fn finish(&mut self) -> io::Result<()> {
+    async fn finish(&mut self) -> io::Result<()> {
         if self.held.is_none() {
             return Ok(());
         }
-        let digest = Digest::from_sha256(std::mem::take(&mut self.hasher).finalize().into());
+        let hasher = self.hasher.take().ok_or_else(hasher_gone)?;
+        let digest = hasher.finish().await.map_err(io::Error::other)?;
         if digest != self.digest {
             return Err(self.corrupt("content does not match its digest"));
         }
@@ -182,4 +186,8 @@ impl PassThrough {
         }
         io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", self.digest))
     }
+}
+
+fn hasher_gone() -> io::Error {
+    io::Error::other("the blob's hash was already taken")
 }

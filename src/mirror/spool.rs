@@ -11,19 +11,14 @@ use std::io::SeekFrom;
 use std::path::Path;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
-use tokio_util::io::ReaderStream;
 
-use crate::content::BlobStream;
+use crate::content::{BlobStream, file_range};
 use crate::oci::{Digest, ResolvedRange};
 
 /// Write buffer: large enough that each blocking write moves a lot of data.
 const WRITE_BUFFER: usize = 1 << 20;
-/// Read chunk size when serving a verified spool: as large as the content
-/// directory's, so each blocking read and each socket write moves a lot.
-pub const READ_CHUNK: usize = 1 << 20;
 
 /// A blob being received. Bytes must be appended in order.
 pub struct Spool {
@@ -80,12 +75,9 @@ pub struct VerifiedBlob {
 }
 
 impl VerifiedBlob {
-    /// Streams `range` of the blob.
-    pub async fn stream(mut self, range: ResolvedRange) -> std::io::Result<BlobStream> {
-        use tokio::io::AsyncReadExt;
-        self.file.seek(SeekFrom::Start(range.start)).await?;
-        let reader = self.file.take(range.len());
-        Ok(Box::pin(ReaderStream::with_capacity(reader, READ_CHUNK).map_ok(Bytes::from)))
+    /// Streams `range` of the blob, in chunks as the content directory's.
+    pub async fn stream(self, range: ResolvedRange) -> std::io::Result<BlobStream> {
+        Ok(file_range::stream_range(self.file.into_std().await, range))
     }
 }
 
@@ -93,6 +85,7 @@ impl VerifiedBlob {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use futures::TryStreamExt;
 
     async fn collect(stream: BlobStream) -> Vec<u8> {
         stream.try_collect::<Vec<Bytes>>().await.unwrap().concat()

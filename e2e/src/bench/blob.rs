@@ -1,7 +1,10 @@
 //! Section a, blob throughput: one large blob fetched whole, side by side
 //! from nginx (sendfile, the same file in node 1's containerd content store),
 //! Shoal serving local content (node 1), Shoal through one peer hop (node 2
-//! has nothing, node 1 holds it) and the upstream registry. Repetitions are
+//! has nothing, node 1 holds it) both ways (asked with `Range: bytes=0-`, which
+//! always takes the verify-then-send spool; asked whole, which node 1 passes
+//! straight through once it trusts node 2: from the second repetition with
+//! the default `--stream-after-verified 3`) and the upstream registry. Repetitions are
 //! interleaved across targets; every target is fetched once unmeasured first
 //! (warm page cache). Also records the time to the first byte and the CPU
 //! time both Shoal processes spent per fetch: where the time goes.
@@ -18,6 +21,7 @@ use super::procfs;
 use super::progress::Progress;
 use super::stats::{mb_per_s, median};
 use crate::demo::bytes;
+use crate::scenario::Scenario;
 
 /// Where nginx listens (free in the cluster's 127.0.0.x range).
 const NGINX_ADDR: &str = "127.0.0.210:8080";
@@ -37,6 +41,11 @@ pub struct BlobResult {
     pub blob_bytes: u64,
     pub reps: usize,
     pub targets: Vec<TargetResult>,
+    /// Blobs node 2 passed straight through during the measured repetitions
+    /// (`shoal_peer_blob_passthroughs_total`): one per repetition of `shoal-peer`
+    /// when trust was earned in the warm-up.
+    #[serde(default)]
+    pub peer_passthroughs: f64,
 }
 
 /// One server's numbers.
@@ -59,12 +68,14 @@ struct Target {
     name: &'static str,
     description: &'static str,
     url: String,
+    /// Sent as `Range`; `None`: the blob is asked whole.
+    range: Option<&'static str>,
     target_ratio: Option<f64>,
 }
 
 /// Measurements section a takes (for the progress bar).
 pub fn steps(options: &BlobOptions) -> u64 {
-    4 * (options.reps as u64 + 1)
+    5 * (options.reps as u64 + 1)
 }
 
 pub async fn run(options: &BlobOptions, progress: &Progress) -> Result<BlobResult> {
@@ -84,35 +95,50 @@ pub async fn run(options: &BlobOptions, progress: &Progress) -> Result<BlobResul
             name: "nginx",
             description: "nginx, sendfile, the file in node 1's content store",
             url: format!("{}/blobs/sha256/{}", nginx.url(), layer.hex()),
+            range: None,
             target_ratio: None,
         },
         Target {
             name: "shoal-local",
             description: "Shoal on node 1, local content",
             url: fixture::mirror_blob_url(&node_url(1)?, REPOSITORY, &layer.digest),
+            range: None,
             target_ratio: Some(0.9),
         },
         Target {
-            name: "shoal-peer",
-            description: "Shoal on node 2, one peer hop to node 1",
+            name: "shoal-peer-verified",
+            description: "Shoal on node 2, one peer hop to node 1, verified before sending (Range: bytes=0-)",
             url: fixture::mirror_blob_url(&node_url(2)?, REPOSITORY, &layer.digest),
+            range: Some("bytes=0-"),
+            target_ratio: None,
+        },
+        Target {
+            name: "shoal-peer",
+            description: "Shoal on node 2, one peer hop to node 1, passed through from a trusted peer",
+            url: fixture::mirror_blob_url(&node_url(2)?, REPOSITORY, &layer.digest),
+            range: None,
             target_ratio: Some(0.8),
         },
         Target {
             name: "registry",
             description: "the upstream docker-registry",
             url: fixture::registry_blob_url(&scenario.cluster.registry_url(), REPOSITORY, &layer.digest),
+            range: None,
             target_ratio: None,
         },
     ];
     let pids = [fixture::shoal_pid(&mut scenario, 1)?, fixture::shoal_pid(&mut scenario, 2)?];
     let mut samples: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); targets.len()];
+    let mut passthroughs_before = 0.0;
     for rep in 0..=options.reps {
+        if rep == 1 {
+            passthroughs_before = passthroughs(&scenario).await?;
+        }
         for (target, samples) in targets.iter().zip(&mut samples) {
             let label = if rep == 0 { "warm-up".to_owned() } else { format!("rep {rep}/{}", options.reps) };
             progress.phase(format!("blob: {} ({label})", target.name));
             let cpu_before = cpu_of(&pids);
-            let fetched = Fetcher::new(FETCH_TIMEOUT).fetch(&target.url, layer.size).await?;
+            let fetched = Fetcher::new(FETCH_TIMEOUT).fetch_with(&target.url, layer.size, target.range).await?;
             let cpu = cpu_of(&pids) - cpu_before;
             if rep > 0 {
                 samples.push((fetched.seconds(), fetched.first_byte.as_secs_f64(), cpu));
@@ -120,9 +146,14 @@ pub async fn run(options: &BlobOptions, progress: &Progress) -> Result<BlobResul
             progress.step();
         }
     }
+    let peer_passthroughs = passthroughs(&scenario).await? - passthroughs_before;
     drop(nginx);
     scenario.finish().await?;
-    Ok(summarise(&targets, &samples, layer.size, options.reps))
+    Ok(BlobResult { peer_passthroughs, ..summarise(&targets, &samples, layer.size, options.reps) })
+}
+
+async fn passthroughs(scenario: &Scenario) -> Result<f64> {
+    Ok(scenario.metrics(2).await?.sum("shoal_peer_blob_passthroughs_total", &[]))
 }
 
 fn cpu_of(pids: &[u32]) -> f64 {
@@ -152,5 +183,5 @@ fn summarise(targets: &[Target], samples: &[Vec<(f64, f64, f64)>], blob_bytes: u
     for result in &mut results {
         result.ratio_vs_nginx = if nginx > 0.0 { result.mb_per_s / nginx } else { 0.0 };
     }
-    BlobResult { blob_bytes, reps, targets: results }
+    BlobResult { blob_bytes, reps, targets: results, peer_passthroughs: 0.0 }
 }

@@ -45,15 +45,25 @@ impl Fetcher {
 
     /// GETs `url` and counts the body; fails unless the answer is a 200 of `expected` bytes.
     pub async fn fetch(&self, url: &str, expected: u64) -> Result<Fetched> {
-        let fetched = tokio::time::timeout(self.timeout, self.get(url))
+        self.fetch_with(url, expected, None).await
+    }
+
+    /// [`Self::fetch`], sending `range` as the `Range` header if given
+    /// (a 206 of `expected` bytes is then the answer wanted).
+    pub async fn fetch_with(&self, url: &str, expected: u64, range: Option<&str>) -> Result<Fetched> {
+        let fetched = tokio::time::timeout(self.timeout, self.get(url, range))
             .await
             .with_context(|| format!("GET {url} did not finish within {:?}", self.timeout))??;
         ensure!(fetched.bytes == expected, "GET {url} gave {} bytes, expected {expected}", fetched.bytes);
         Ok(fetched)
     }
 
-    async fn get(&self, url: &str) -> Result<Fetched> {
-        let request = Request::get(url).body(Empty::new()).with_context(|| format!("build GET {url}"))?;
+    async fn get(&self, url: &str, range: Option<&str>) -> Result<Fetched> {
+        let mut request = Request::get(url);
+        if let Some(range) = range {
+            request = request.header(http::header::RANGE, range);
+        }
+        let request = request.body(Empty::new()).with_context(|| format!("build GET {url}"))?;
         let start = Instant::now();
         let response = self.client.request(request).await.with_context(|| format!("GET {url}"))?;
         let first_byte = start.elapsed();

@@ -75,10 +75,11 @@ impl BenchReport {
                 let first = super::stats::median(&t.first_byte_seconds);
                 let _ = writeln!(
                     out,
-                    "  {:<12} {:>8.0} MB/s  {:>5.2}x nginx{goal}; first byte {:.3} s; Shoal CPU {:.2} s",
+                    "  {:<19} {:>8.0} MB/s  {:>5.2}x nginx{goal}; first byte {:.3} s; Shoal CPU {:.2} s",
                     t.name, t.mb_per_s, t.ratio_vs_nginx, first, t.shoal_cpu_seconds
                 );
             }
+            let _ = writeln!(out, "  node 2 passed {} measured fetch(es) through", blob.peer_passthroughs);
         }
         if let Some(c) = &self.concurrent {
             let _ = writeln!(out, "\nb. {} clients x {} blobs, {} reps", c.clients, bytes(c.blob_bytes as f64), c.reps);

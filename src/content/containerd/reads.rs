@@ -12,35 +12,23 @@ use std::path::Path;
 use bytes::Bytes;
 use containerd_client::services::v1::ReadContentRequest;
 use futures::stream::{self, Stream, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::client::{self, Client};
-use crate::content::{BlobStream, Error};
+use crate::content::{BlobStream, Error, file_range};
 use crate::oci::{Digest, ResolvedRange};
-
-/// Bytes per chunk for disk reads (containerd's own gRPC reads use 1 MiB).
-const CHUNK_SIZE: usize = 1024 * 1024;
 
 /// Opens `range` of a blob in the content directory, or `None` if the blob
 /// file cannot be opened there (the caller then asks containerd).
 pub(super) async fn read_local(content_path: &Path, digest: &Digest, range: ResolvedRange) -> Option<BlobStream> {
     let path = content_path.join("blobs").join("sha256").join(digest.hex());
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(file) => file,
+    match tokio::fs::File::open(&path).await {
+        // Reads run on the blocking pool (see `file_range`): the runtime never waits on the disk.
+        Ok(file) => Some(file_range::stream_range(file.into_std().await, range)),
         Err(error) => {
             tracing::debug!(path = %path.display(), %error, "blob not readable on disk, reading through containerd");
-            return None;
+            None
         }
-    };
-    if let Err(error) = file.seek(io::SeekFrom::Start(range.start)).await {
-        tracing::debug!(path = %path.display(), %error, "cannot seek in blob, reading through containerd");
-        return None;
     }
-    // tokio's File runs each read on the blocking pool, so the runtime never
-    // waits on the disk.
-    let chunks = ReaderStream::with_capacity(file.take(range.len()), CHUNK_SIZE);
-    Some(exactly(chunks, range.len()))
 }
 
 /// Streams `range` of a blob through containerd's content Read API.
@@ -145,7 +133,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_ranges_from_the_content_directory() {
-        let data: Vec<u8> = (0..3 * CHUNK_SIZE + 7).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..3 * crate::content::file_range::CHUNK_SIZE + 7).map(|i| (i % 251) as u8).collect();
         let (dir, digest) = content_dir_with(&data);
         let range = ResolvedRange { start: 5, end: data.len() as u64 - 2 };
         let stream = read_local(dir.path(), &digest, range).await.unwrap();
