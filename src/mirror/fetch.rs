@@ -151,8 +151,14 @@ impl Mirror {
             };
             let Some(Won { winner, value: response }) = won else { break };
             let outcome = match receive(response, &mut spool).await {
-                Ok(()) if spool.matches(digest) => Ok(()),
-                Ok(()) => Err(FetchError::DigestMismatch),
+                Ok(()) => match spool.matches(digest).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(FetchError::DigestMismatch),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot hash a spooled blob");
+                        break;
+                    }
+                },
                 Err(error) => Err(error),
             };
             match outcome {
