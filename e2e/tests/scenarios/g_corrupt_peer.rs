@@ -5,36 +5,20 @@
 //! the upstream when node 2 is the only holder), and every blob containerd
 //! committed hashes to its digest.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use shoal_e2e::ClusterOptions;
 use shoal_e2e::scenario::Scenario;
-use shoal_e2e::shim::CorruptingShim;
-use shoal_e2e::shoal::{REGISTRY_PORT, ShoalTuning, mirror_url};
 
-use crate::support::FaultyPeer;
+use crate::support::{FaultyPeer, start_with_corrupting_node2};
 
 const BOUND: Duration = Duration::from_secs(30);
-/// Where node 2's real registry listens, behind the shim.
-const HIDDEN_REGISTRY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 52);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g_a_corrupt_peer_never_gets_a_corrupt_byte_into_containerd() -> Result<()> {
     let mut s = Scenario::start("g", &ClusterOptions { shoal: false, ..ClusterOptions::with_shoal(3) }).await?;
-    let bad = s.cluster.node(2)?.ip;
-    let shim = CorruptingShim::start(
-        SocketAddr::from((bad, REGISTRY_PORT)),
-        SocketAddr::from((HIDDEN_REGISTRY, REGISTRY_PORT)),
-    )
-    .await?;
-    // Node 2's own containerd talks to its Shoal directly; only peers meet the shim.
-    let upstream = s.cluster.registry_url();
-    s.cluster.node(2)?.configure_mirror_at(&mirror_url(HIDDEN_REGISTRY), &[&upstream])?;
-    s.cluster.start_shoal_on(1, ShoalTuning::default()).await?;
-    s.cluster.start_shoal_on(2, ShoalTuning { registry_ip: Some(HIDDEN_REGISTRY), args: Vec::new() }).await?;
-    s.cluster.start_shoal_on(3, ShoalTuning::default()).await?;
+    let shim = start_with_corrupting_node2(&mut s, Vec::new()).await?;
 
     let images = FaultyPeer::prepare(&s, 60).await?;
     let corrupted_before = shim.corrupted();

@@ -8,37 +8,22 @@
 //! next pull (the kubelet's retry) succeeds from the upstream, and every
 //! blob containerd committed hashes to its digest.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use shoal_e2e::scenario::{KIB, MIB, Scenario};
-use shoal_e2e::shim::CorruptingShim;
-use shoal_e2e::shoal::{REGISTRY_PORT, ShoalTuning, mirror_url};
 use shoal_e2e::{ClusterOptions, ImageSpec};
 
-use crate::support::blob_bytes;
+use crate::support::{blob_bytes, start_with_corrupting_node2};
 
-/// Where node 2's real registry listens, behind the shim.
-const HIDDEN_REGISTRY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 62);
 const LAYERS: &[u64] = &[4 * KIB, 2 * MIB, 3 * MIB];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l_a_trusted_peer_that_turns_corrupt_costs_at_most_one_pull() -> Result<()> {
     let mut s = Scenario::start("l", &ClusterOptions { shoal: false, ..ClusterOptions::with_shoal(3) }).await?;
-    let bad = s.cluster.node(2)?.ip;
-    let shim = CorruptingShim::start(
-        SocketAddr::from((bad, REGISTRY_PORT)),
-        SocketAddr::from((HIDDEN_REGISTRY, REGISTRY_PORT)),
-    )
-    .await?;
+    let trusting = vec!["--stream-after-verified".to_owned(), "2".to_owned()];
+    let shim = start_with_corrupting_node2(&mut s, trusting).await?;
     shim.corrupt_from(None);
-    let upstream = s.cluster.registry_url();
-    s.cluster.node(2)?.configure_mirror_at(&mirror_url(HIDDEN_REGISTRY), &[&upstream])?;
-    let trusting = ShoalTuning { registry_ip: None, args: vec!["--stream-after-verified".into(), "2".into()] };
-    s.cluster.start_shoal_on(1, ShoalTuning::default()).await?;
-    s.cluster.start_shoal_on(2, ShoalTuning { registry_ip: Some(HIDDEN_REGISTRY), args: Vec::new() }).await?;
-    s.cluster.start_shoal_on(3, trusting).await?;
 
     let warmup = s.push(&ImageSpec { seed: 71, ..ImageSpec::multi_arch("e2e/l-warmup", "v1", LAYERS) }).await?;
     let victim = s.push(&ImageSpec { seed: 72, ..ImageSpec::multi_arch("e2e/l-victim", "v1", LAYERS) }).await?;

@@ -8,10 +8,13 @@
 //!   running: Shoal must try the bad peer (the fault is really hit), give up
 //!   within its timeouts, and answer 404 so that containerd falls back.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use shoal_e2e::scenario::{KIB, MIB, Scenario, ensure_within};
+use shoal_e2e::shim::CorruptingShim;
+use shoal_e2e::shoal::{REGISTRY_PORT, ShoalTuning, mirror_url};
 use shoal_e2e::{BuiltImage, ImageSpec};
 
 pub const LAYERS: &[u64] = &[4 * KIB, 256 * KIB, MIB];
@@ -93,4 +96,26 @@ impl FaultyPeer {
 /// `shoal_bytes_served_total{kind="blob", source}`.
 pub fn blob_bytes(metrics: &shoal_e2e::metrics::Metrics, source: &str) -> f64 {
     metrics.sum("shoal_bytes_served_total", &[("source", source), ("kind", "blob")])
+}
+
+/// Where node 2's real registry listens when a shim stands in front of it.
+const HIDDEN_REGISTRY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 52);
+
+/// Starts Shoal on nodes 1 to 3 with node 2 behind a corrupting shim: its
+/// registry binds to a hidden address and the shim stands where peers reach
+/// it, while node 2's own containerd talks to its Shoal directly. Node 3
+/// runs with `node3_args`. The shim starts out corrupting every blob body.
+pub async fn start_with_corrupting_node2(s: &mut Scenario, node3_args: Vec<String>) -> Result<CorruptingShim> {
+    let bad = s.cluster.node(2)?.ip;
+    let shim = CorruptingShim::start(
+        SocketAddr::from((bad, REGISTRY_PORT)),
+        SocketAddr::from((HIDDEN_REGISTRY, REGISTRY_PORT)),
+    )
+    .await?;
+    let upstream = s.cluster.registry_url();
+    s.cluster.node(2)?.configure_mirror_at(&mirror_url(HIDDEN_REGISTRY), &[&upstream])?;
+    s.cluster.start_shoal_on(1, ShoalTuning::default()).await?;
+    s.cluster.start_shoal_on(2, ShoalTuning { registry_ip: Some(HIDDEN_REGISTRY), args: Vec::new() }).await?;
+    s.cluster.start_shoal_on(3, ShoalTuning { registry_ip: None, args: node3_args }).await?;
+    Ok(shim)
 }
