@@ -9,7 +9,7 @@
 //! start, so nothing is left behind even after a crash.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -75,7 +75,12 @@ impl Spool {
         self.pending_bytes = 0;
         self.hasher = BackgroundHasher::start();
         self.written = 0;
-        self.with_file(|file| file.set_len(0)).await
+        self.with_file(|file| {
+            file.set_len(0)?;
+            // Writes go where the file position is: back to the start.
+            file.seek(SeekFrom::Start(0)).map(|_| ())
+        })
+        .await
     }
 
     /// Seals a spool whose content was verified.
@@ -146,6 +151,24 @@ mod tests {
         let range = ResolvedRange { start: 1_000_001, end: 2_500_000 };
         assert_eq!(collect(blob.stream(range).await.unwrap()).await, &data[1_000_001..=2_500_000]);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the spool file is anonymous");
+    }
+
+    #[tokio::test]
+    async fn reset_after_written_batches_starts_the_file_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::create(dir.path()).unwrap();
+        let bad = Bytes::from(vec![7u8; 3 * WRITE_BATCH + 5]);
+        spool.append(&bad).await.unwrap();
+        assert!(!spool.matches(&Digest::of(b"good")).await.unwrap());
+        spool.reset().await.unwrap();
+        let good: Vec<u8> = (0..2 * WRITE_BATCH as u32 + 3).map(|i| (i % 253) as u8).collect();
+        for chunk in good.chunks(300_000) {
+            spool.append(&Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        assert!(spool.matches(&Digest::of(&good)).await.unwrap());
+        let blob = spool.into_verified().await.unwrap();
+        let full = ResolvedRange::full(blob.size).unwrap();
+        assert_eq!(collect(blob.stream(full).await.unwrap()).await, good);
     }
 
     #[tokio::test]
