@@ -12,6 +12,8 @@ mod images;
 mod node;
 #[path = "support/scripted_peer.rs"]
 mod scripted_peer;
+#[path = "support/wait.rs"]
+mod wait;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,11 +123,19 @@ async fn a_trusted_peer_turning_corrupt_cuts_the_response_and_loses_its_trust() 
     let puller = puller(&network).await;
     trust(&puller, "a");
     let url = puller.url(&blob_path(&digest));
+    // containerd's write of this blob, and an unrelated one in progress.
+    let layer_ref = format!("layer-{digest}");
+    puller.store.start_ingest(&layer_ref, digest);
+    puller.store.start_ingest("layer-other", Digest::of(b"other"));
 
     let reply = fetch(&url, None).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.content_length, blob.len() as u64);
     assert!(reply.error.is_some(), "the response must be cut, not completed");
+    wait::eventually_within("the corrupt blob's ingest is discarded", Duration::from_secs(5), || {
+        puller.store.ingests() == ["layer-other"]
+    })
+    .await;
     assert!(reply.body.len() < blob.len(), "never a complete body: {} bytes", reply.body.len());
     assert_eq!(puller.metric(PASSED), 1);
     assert_eq!(puller.metric(r#"shoal_peer_fetch_failures_total{reason="digest_mismatch"}"#), 1);

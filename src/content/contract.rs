@@ -28,6 +28,31 @@ pub trait Seeder: Send + Sync {
     async fn put_image(&self, name: &str, target: Descriptor) -> Result<(), SeedError>;
     async fn delete_image(&self, name: &str) -> Result<(), SeedError>;
     async fn delete_blob(&self, digest: &Digest) -> Result<(), SeedError>;
+    /// Leaves an unfinished write: `prefix` of a blob expected to hash to
+    /// `expected`, under ingest reference `reference` (as a pull in progress).
+    async fn start_ingest(&self, reference: &str, prefix: Bytes, expected: Digest) -> Result<(), SeedError>;
+    /// The references of the unfinished writes.
+    async fn ingests(&self) -> Result<Vec<String>, SeedError>;
+}
+
+/// Unfinished writes of one digest are discarded; others stay.
+async fn discarding_ingests(store: &impl ContentStore, seeder: &impl Seeder) {
+    let (bad, other) = (test_bytes(70_000), Bytes::from_static(b"another blob, also half written"));
+    let (bad_digest, other_digest) = (Digest::of(&bad), Digest::of(&other));
+    let bad_ref = format!("layer-{bad_digest}");
+    let other_ref = format!("layer-{other_digest}");
+    seeder.start_ingest(&bad_ref, bad.slice(..30_000), bad_digest).await.expect("start an ingest");
+    seeder.start_ingest(&other_ref, other.slice(..7), other_digest).await.expect("start another ingest");
+    let mut ingests = seeder.ingests().await.expect("list ingests");
+    ingests.sort();
+    let mut both = vec![bad_ref.clone(), other_ref.clone()];
+    both.sort();
+    assert_eq!(ingests, both, "both unfinished writes are listed");
+    assert_eq!(store.discard_ingests(&bad_digest).await.expect("discard"), 1);
+    assert_eq!(seeder.ingests().await.expect("list ingests"), [other_ref], "only the bad digest's ingest goes");
+    assert_eq!(store.discard_ingests(&bad_digest).await.expect("discard again"), 0, "nothing left to discard");
+    assert_eq!(store.discard_ingests(&other_digest).await.expect("discard the other"), 1);
+    assert_eq!(seeder.ingests().await.expect("list ingests"), Vec::<String>::new());
 }
 
 /// How long any single expected event may take to arrive.
@@ -53,6 +78,7 @@ pub async fn content_store_contract(store: &impl ContentStore, seeder: &impl See
 async fn scenario(store: &impl ContentStore, seeder: &impl Seeder, mut events: mpsc::Receiver<ContentEvent>) {
     expect_event(&mut events, ContentEvent::Connected).await;
     assert_eq!(store.images().await.expect("list images"), [], "the store must start without images");
+    discarding_ingests(store, seeder).await;
 
     let layer = test_bytes(LAYER_SIZE);
     let layer_digest = seeder.add_blob(layer.clone()).await.expect("seed layer");

@@ -41,6 +41,8 @@ struct Inner {
 struct State {
     blobs: HashMap<Digest, Bytes>,
     images: BTreeMap<String, Descriptor>,
+    /// Unfinished writes: ingest reference → the digest they are expected to have.
+    ingests: BTreeMap<String, Digest>,
     disconnected: bool,
 }
 
@@ -55,6 +57,17 @@ impl MemoryStore {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         Self { inner: Arc::new(Inner { state: Mutex::new(State::default()), events }) }
+    }
+
+    /// Records an unfinished write of a blob expected to hash to `expected`,
+    /// as a pull in progress leaves one.
+    pub fn start_ingest(&self, reference: &str, expected: Digest) {
+        self.state().ingests.insert(reference.to_owned(), expected);
+    }
+
+    /// The references of the unfinished writes.
+    pub fn ingests(&self) -> Vec<String> {
+        self.state().ingests.keys().cloned().collect()
     }
 
     /// Stores a blob (no event, as containerd sends none) and returns its digest.
@@ -162,6 +175,13 @@ impl ContentStore for MemoryStore {
         Ok(chunked_range(&blob, range))
     }
 
+    async fn discard_ingests(&self, digest: &Digest) -> Result<usize, Error> {
+        let mut state = self.connected_state()?;
+        let before = state.ingests.len();
+        state.ingests.retain(|_, expected| expected != digest);
+        Ok(before - state.ingests.len())
+    }
+
     async fn watch(&self, events: mpsc::Sender<ContentEvent>) {
         let (mut subscription, connected) = {
             let state = self.state();
@@ -235,6 +255,15 @@ impl Seeder for MemoryStore {
     async fn delete_image(&self, name: &str) -> Result<(), SeedError> {
         MemoryStore::delete_image(self, name);
         Ok(())
+    }
+
+    async fn start_ingest(&self, reference: &str, _prefix: Bytes, expected: Digest) -> Result<(), SeedError> {
+        MemoryStore::start_ingest(self, reference, expected);
+        Ok(())
+    }
+
+    async fn ingests(&self) -> Result<Vec<String>, SeedError> {
+        Ok(MemoryStore::ingests(self))
     }
 
     async fn delete_blob(&self, digest: &Digest) -> Result<(), SeedError> {

@@ -101,6 +101,11 @@ pub trait ContentStore: Send + Sync + 'static {
     /// time a subscription is (re)established and reconnecting on its own.
     async fn watch(&self, events: mpsc::Sender<ContentEvent>);
 
+    /// Discards the unfinished writes (ingests) of `digest`: the bytes a pull
+    /// received for it are known to be bad, and a retry must not resume from
+    /// them. Returns how many were discarded.
+    async fn discard_ingests(&self, digest: &Digest) -> Result<usize, Error>;
+
     /// Reads a whole blob of at most `limit` bytes (manifests, configs).
     async fn read_all(&self, digest: &Digest, limit: u64) -> Result<Bytes, Error> {
         let size = self.size(digest).await?.ok_or(Error::NotFound(*digest))?;

@@ -1,29 +1,37 @@
 //! SHA-256 of a blob computed beside its transfer, off the async runtime.
 //!
-//! Owns: one blocking-pool task per blob that hashes the chunks it is sent,
-//! in order. Hashing a large blob costs about as much CPU as moving it;
+//! Owns: hashing chunks in order, in batches of [`BATCH`] bytes, each batch
+//! on tokio's blocking pool while the caller goes on receiving and sending
+//! the next. Hashing a large blob costs about as much CPU as moving it;
 //! done inline it would add to the transfer's time, done here it overlaps
-//! with it (the next chunk is received and sent while this one is hashed).
-//! The queue is bounded, so a hasher that falls behind slows the transfer
-//! instead of buffering it.
+//! with it. At most one batch per blob is being hashed at a time, so a
+//! hasher that falls behind slows its transfer instead of buffering it.
 //!
-//! Must not: reorder chunks, or outlive its owner (dropping the hasher
-//! closes the queue and ends the task).
+//! Must not: reorder chunks, or hold a blocking thread between batches (a
+//! thread parked waiting for chunks could starve the blocking pool that
+//! file reads and spool writes need).
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::oci::Digest;
 
-/// Chunks queued for hashing at most (with 256 KiB to 1 MiB chunks: a few MiB).
-const QUEUE: usize = 8;
+/// Bytes gathered before a batch goes to the blocking pool.
+const BATCH: usize = 1 << 20;
 
 /// Hashes chunks on the blocking pool while the caller goes on.
 pub struct BackgroundHasher {
-    chunks: mpsc::Sender<Bytes>,
-    task: JoinHandle<Sha256>,
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
+    state: State,
+}
+
+enum State {
+    Idle(Box<Sha256>),
+    Hashing(JoinHandle<Box<Sha256>>),
+    /// A batch's task failed (it panicked, or the runtime is shutting down).
+    Gone,
 }
 
 /// The hashing task ended before the blob did (it panicked or the runtime is shutting down).
@@ -33,29 +41,51 @@ pub struct HasherGone;
 
 impl BackgroundHasher {
     pub fn start() -> Self {
-        let (chunks, mut queue) = mpsc::channel::<Bytes>(QUEUE);
-        let task = tokio::task::spawn_blocking(move || {
-            let mut hasher = Sha256::new();
-            while let Some(chunk) = queue.blocking_recv() {
-                hasher.update(&chunk);
-            }
-            hasher
-        });
-        Self { chunks, task }
+        Self { pending: Vec::new(), pending_bytes: 0, state: State::Idle(Box::new(Sha256::new())) }
     }
 
-    /// Queues `chunk` (a cheap reference-counted clone of what is sent on),
-    /// waiting only while the queue is full.
-    pub async fn update(&self, chunk: Bytes) -> Result<(), HasherGone> {
-        self.chunks.send(chunk).await.map_err(|_| HasherGone)
+    /// Adds `chunk` (a cheap reference-counted clone of what is sent on);
+    /// waits only when a full batch is ready and the previous one is still
+    /// being hashed.
+    pub async fn update(&mut self, chunk: Bytes) -> Result<(), HasherGone> {
+        self.pending_bytes += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_bytes >= BATCH {
+            let hasher = self.idle().await?;
+            self.state = State::Hashing(hash_batch(hasher, self.take_pending()));
+        }
+        Ok(())
     }
 
-    /// The digest of every chunk queued, once all are hashed.
-    pub async fn finish(self) -> Result<Digest, HasherGone> {
-        drop(self.chunks);
-        let hasher = self.task.await.map_err(|_| HasherGone)?;
+    /// The digest of every chunk added, once all are hashed.
+    pub async fn finish(mut self) -> Result<Digest, HasherGone> {
+        let hasher = self.idle().await?;
+        let hasher = hash_batch(hasher, self.take_pending()).await.map_err(|_| HasherGone)?;
         Ok(Digest::from_sha256(hasher.finalize().into()))
     }
+
+    /// The hasher, once the batch in flight (if any) is done.
+    async fn idle(&mut self) -> Result<Box<Sha256>, HasherGone> {
+        match std::mem::replace(&mut self.state, State::Gone) {
+            State::Idle(hasher) => Ok(hasher),
+            State::Hashing(task) => task.await.map_err(|_| HasherGone),
+            State::Gone => Err(HasherGone),
+        }
+    }
+
+    fn take_pending(&mut self) -> Vec<Bytes> {
+        self.pending_bytes = 0;
+        std::mem::take(&mut self.pending)
+    }
+}
+
+fn hash_batch(mut hasher: Box<Sha256>, batch: Vec<Bytes>) -> JoinHandle<Box<Sha256>> {
+    tokio::task::spawn_blocking(move || {
+        for chunk in &batch {
+            hasher.update(chunk);
+        }
+        hasher
+    })
 }
 
 #[cfg(test)]
@@ -66,7 +96,7 @@ mod tests {
     #[tokio::test]
     async fn hashes_chunks_in_order() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let hasher = BackgroundHasher::start();
+        let mut hasher = BackgroundHasher::start();
         for chunk in data.chunks(77_777) {
             hasher.update(Bytes::copy_from_slice(chunk)).await.unwrap();
         }

@@ -108,7 +108,7 @@ impl PassThrough {
                 return Err(self.corrupt("more bytes than the blob's size"));
             }
             // Hashed beside the transfer: the chunk goes on while it is hashed.
-            let hasher = self.hasher.as_ref().ok_or_else(hasher_gone)?;
+            let hasher = self.hasher.as_mut().ok_or_else(hasher_gone)?;
             hasher.update(chunk.clone()).await.map_err(io::Error::other)?;
             self.received += chunk.len() as u64;
             self.from_winner += chunk.len() as u64;

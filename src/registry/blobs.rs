@@ -1,8 +1,12 @@
 //! `GET|HEAD /v2/<name>/blobs/<digest>`: local content first, then peers.
 //! Single byte ranges are honoured with 206. A blob passed through from a
 //! trusted peer is sent as it arrives; its body ends with an error (the
-//! connection is cut) rather than complete with bytes that fail the digest.
+//! connection is cut) rather than complete with bytes that fail the digest,
+//! and containerd's ingest of those bytes is then discarded.
 
+use std::io;
+
+use futures::{StreamExt, TryStreamExt};
 use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use prometheus::IntCounter;
@@ -45,6 +49,7 @@ impl RegistryHandler {
         }
         match self.inner.mirror.blob(registry, repository, digest, range.is_none()).await {
             Ok(PeerBlob::Streamed { size, body }) => {
+                let body = self.discarding_ingests_on_mismatch(*digest, body);
                 self.send_blob(request, Source::Peer, digest, size, ResolvedRange::full(size), body)
             }
             Ok(PeerBlob::Verified(verified)) => {
@@ -61,6 +66,31 @@ impl RegistryHandler {
             }
             Err(miss) => self.miss(request, PathKind::Blob, &miss.to_string()),
         }
+    }
+
+    /// A passed-through body that fails its digest has put bad bytes into
+    /// containerd's ingest, which a retry would resume from (and fail again
+    /// at commit). When the body is cut for that, the ingests of the digest
+    /// are discarded, so that the retry starts clean.
+    fn discarding_ingests_on_mismatch(&self, digest: Digest, body: BlobStream) -> BlobStream {
+        let store = self.inner.index.store().clone();
+        body.inspect_err(move |error| {
+            if error.kind() != io::ErrorKind::InvalidData {
+                return;
+            }
+            let store = store.clone();
+            tokio::spawn(async move {
+                match store.discard_ingests(&digest).await {
+                    Ok(discarded) => {
+                        tracing::info!(%digest, discarded, "discarded containerd's ingest of a corrupt blob")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%digest, %error, "cannot discard containerd's ingest of a corrupt blob")
+                    }
+                }
+            });
+        })
+        .boxed()
     }
 
     async fn send_local_blob(

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::{
-    CreateImageRequest, DeleteContentRequest, DeleteImageRequest, Image, UpdateImageRequest, WriteAction,
-    WriteContentRequest,
+    CreateImageRequest, DeleteContentRequest, DeleteImageRequest, Image, ListStatusesRequest, UpdateImageRequest,
+    WriteAction, WriteContentRequest,
 };
 use containerd_client::types::Descriptor as RawDescriptor;
 use shoal::content::contract::{SeedError, Seeder};
@@ -149,5 +149,29 @@ impl Seeder for ContainerdSeeder {
         let request = DeleteContentRequest { digest: digest.to_string() };
         ContentClient::new(self.channel.clone()).delete(self.request(request)?).await?;
         Ok(())
+    }
+
+    /// Writes `prefix` and ends the write stream without a commit: containerd
+    /// keeps the ingest for a later resume, as after an interrupted pull.
+    async fn start_ingest(&self, reference: &str, prefix: Bytes, expected: Digest) -> Result<(), SeedError> {
+        let write = WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: reference.to_owned(),
+            total: i64::try_from(prefix.len())? * 2,
+            expected: expected.to_string(),
+            offset: 0,
+            data: prefix.to_vec(),
+            ..Default::default()
+        };
+        let requests = tokio_stream::iter(vec![write]);
+        let mut responses = ContentClient::new(self.channel.clone()).write(self.request(requests)?).await?.into_inner();
+        while responses.message().await?.is_some() {}
+        Ok(())
+    }
+
+    async fn ingests(&self) -> Result<Vec<String>, SeedError> {
+        let request = ListStatusesRequest { filters: Vec::new() };
+        let statuses = ContentClient::new(self.channel.clone()).list_statuses(self.request(request)?).await?;
+        Ok(statuses.into_inner().statuses.into_iter().map(|status| status.r#ref).collect())
     }
 }

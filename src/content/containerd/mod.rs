@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use containerd_client::services::v1::{GetImageRequest, InfoRequest, ListImagesRequest};
+use containerd_client::services::v1::{
+    AbortRequest, GetImageRequest, InfoRequest, ListImagesRequest, ListStatusesRequest,
+};
 use tokio::sync::mpsc;
 
 use crate::content::{BlobStream, ContentEvent, ContentStore, Error, ImageRecord};
@@ -98,5 +100,21 @@ impl ContentStore for ContainerdStore {
 
     async fn watch(&self, events: mpsc::Sender<ContentEvent>) {
         events::watch(self.client(), events).await;
+    }
+
+    async fn discard_ingests(&self, digest: &Digest) -> Result<usize, Error> {
+        let request = self.client().request(ListStatusesRequest { filters: Vec::new() })?;
+        let mut content = self.client().content()?;
+        let statuses = client::call("list ingests", content.list_statuses(request)).await?.unwrap_or_default();
+        let (expected, hex) = (digest.to_string(), digest.hex());
+        let mut discarded = 0;
+        // containerd names a pull's ingests `<kind>-sha256:<hex>` and records the expected digest.
+        for status in statuses.statuses.iter().filter(|s| s.expected == expected || s.r#ref.ends_with(&hex)) {
+            let request = self.client().request(AbortRequest { r#ref: status.r#ref.clone() })?;
+            if client::call("abort ingest", content.abort(request)).await?.is_some() {
+                discarded += 1;
+            }
+        }
+        Ok(discarded)
     }
 }
