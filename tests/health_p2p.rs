@@ -100,13 +100,20 @@ async fn knows(router: &P2pRouter, peer: &PeerName) -> bool {
     router.known_peers().await.unwrap().iter().any(|known| known.name == *peer)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unresponsive_peer_leaves_routing_until_it_recovers() {
+/// Nodes A (127.0.5.1) and B (127.0.5.2) on the same free port, neither
+/// bootstrapped from the other; and that port.
+async fn unconnected_pair() -> (Node, Node, u16) {
     let port = free_port(Ipv4Addr::new(127, 0, 5, 1));
     let registry_port = free_port(Ipv4Addr::new(127, 0, 5, 1));
     let a = start(1, port, registry_port, None).await;
-    // No bootstrap on either side: A dials B once, so nothing but recovery redials it.
     let b = start(2, port, registry_port, None).await;
+    (a, b, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresponsive_peer_leaves_routing_until_it_recovers() {
+    // No bootstrap on either side: A dials B once, so nothing but recovery redials it.
+    let (a, b, port) = unconnected_pair().await;
     let b_addr = SocketAddr::from((Ipv4Addr::new(127, 0, 5, 2), port));
     a.router.dial_known(vec![KnownPeer { name: b.name.clone(), addrs: vec![b_addr] }]).await.unwrap();
     let links = a.router.links();
@@ -135,10 +142,7 @@ async fn an_unresponsive_peer_leaves_routing_until_it_recovers() {
 /// consistency check, panicking the swarm task (in debug builds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_connection_leaves_no_phantom_behind() {
-    let port = free_port(Ipv4Addr::new(127, 0, 5, 1));
-    let registry_port = free_port(Ipv4Addr::new(127, 0, 5, 1));
-    let a = start(1, port, registry_port, None).await;
-    let b = start(2, port, registry_port, None).await;
+    let (a, b, port) = unconnected_pair().await;
     let a_addr = SocketAddr::from((Ipv4Addr::new(127, 0, 5, 1), port));
     let b_addr = SocketAddr::from((Ipv4Addr::new(127, 0, 5, 2), port));
     let to_a = vec![KnownPeer { name: a.name.clone(), addrs: vec![a_addr] }];

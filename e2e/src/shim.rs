@@ -3,7 +3,7 @@
 //! `/v2/<name>/blobs/<digest>` answered 2xx), and counts each corruption.
 //! Everything else (manifests, 404s, HEADs) passes through untouched.
 //! [`CorruptingShim::corrupt_from`] turns the corruption off, or limits it to
-//! bodies of a least size, so a peer can first earn trust and then turn bad
+//! bodies of at least a given size, so a peer can first earn trust and then turn bad
 //! on large blobs only.
 //!
 //! It runs as a task in the test process, listens only where it is told (a

@@ -82,14 +82,18 @@ impl Reader {
             self.offset,
             ReadWriteFlags::NOWAIT,
         );
-        match read {
-            Ok(read) => Some(self.chunk(pool, buffer, read)),
-            Err(Errno::AGAIN) => None,
-            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
+        let errno = match read {
+            Ok(read) => return Some(self.chunk(pool, buffer, read)),
+            Err(errno) => errno,
+        };
+        pool.give_back(buffer);
+        match errno {
+            Errno::AGAIN => None,
+            Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL => {
                 self.nowait = false;
                 None
             }
-            Err(errno) => Some(Err(errno.into())),
+            errno => Some(Err(errno.into())),
         }
     }
 
@@ -108,6 +112,7 @@ impl Reader {
 
     fn chunk(&mut self, pool: &Arc<BufferPool>, buffer: Vec<u8>, read: usize) -> io::Result<Bytes> {
         if read == 0 {
+            pool.give_back(buffer);
             let message = format!("file ended {} bytes before the range did", self.remaining);
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, message));
         }

@@ -22,7 +22,7 @@ use crate::oci::{Digest, ResolvedRange};
 pub(super) async fn read_local(content_path: &Path, digest: &Digest, range: ResolvedRange) -> Option<BlobStream> {
     let path = content_path.join("blobs").join("sha256").join(digest.hex());
     match tokio::fs::File::open(&path).await {
-        // Reads run on the blocking pool (see `file_range`): the runtime never waits on the disk.
+        // `file_range` reads from the page cache on the task, or from disk on the blocking pool.
         Ok(file) => Some(file_range::stream_range(file.into_std().await, range)),
         Err(error) => {
             tracing::debug!(path = %path.display(), %error, "blob not readable on disk, reading through containerd");
