@@ -35,7 +35,9 @@ use crate::registry::server::{Server, ServerLimits};
 use crate::registry::{AccessPolicy, RegistryConfig, RegistryHandler};
 use crate::replication::{CriConfig, CriPuller, ReplicationConfig, Replicator};
 use crate::routing::Router;
-use crate::routing::p2p::{self, BootstrapPeer, KnownPeer, P2pConfig, P2pRouter, SwarmKey, TransportKind};
+use crate::routing::p2p::{
+    self, BootstrapPeer, ConnectionConfig, KnownPeer, P2pConfig, P2pRouter, SwarmKey, TransportKind,
+};
 use crate::state::{Loaded, PeerRecord, State};
 
 /// Most providers asked for one key: the DHT keeps at most 20 per key.
@@ -62,6 +64,7 @@ pub struct RunConfig {
     pub bootstrap_dns: Option<String>,
     /// The private network's key file; none is an open network.
     pub p2p_psk_file: Option<PathBuf>,
+    pub connections: ConnectionConfig,
     /// Registries whose content is never shared with peers.
     pub private_registries: Vec<crate::oci::Registry>,
     pub registry: RegistryConfig,
@@ -153,6 +156,7 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         identity,
         swarm_key,
         transport: TransportKind::Tcp,
+        connections: config.connections,
     };
     let p2p_router = p2p::start(p2p_config, token.clone(), &tracker).await?;
     let name = p2p_router.local_name().to_string();

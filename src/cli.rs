@@ -14,7 +14,7 @@ use crate::mirror::{HedgePolicy, PeerTimeouts};
 use crate::oci::Registry;
 use crate::registry::server::ServerLimits;
 use crate::replication::{PinnedImage, PopularityConfig, ReplicationConfig};
-use crate::routing::p2p::BootstrapPeer;
+use crate::routing::p2p::{BootstrapPeer, ConnectionConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, about = "Peer-to-peer container image mirror for Kubernetes nodes")]
@@ -127,6 +127,12 @@ pub struct RunArgs {
     /// same key join the peer network, and the registry then serves only this node and connected peers.
     #[arg(long, env = "SHOAL_P2P_PSK_FILE")]
     pub p2p_psk_file: Option<PathBuf>,
+    /// How often every connected peer is pinged; a peer that misses pings is taken out of selection.
+    #[arg(long, env = "SHOAL_P2P_PING_INTERVAL", default_value = "2s", value_parser = duration)]
+    pub p2p_ping_interval: Duration,
+    /// How long a peer connection without traffic stays open (each costs memory and pings).
+    #[arg(long, env = "SHOAL_P2P_IDLE_TIMEOUT", default_value = "5m", value_parser = duration)]
+    pub p2p_idle_timeout: Duration,
     /// Registries whose images are never advertised nor served to peers, comma-separated (e.g.
     /// registry.corp.example); content any of their images references stays on the node.
     #[arg(long, env = "SHOAL_PRIVATE_REGISTRIES", value_delimiter = ',', value_parser = registry)]
@@ -226,6 +232,8 @@ pub struct RunArgs {
     pub max_in_flight_requests: usize,
 }
 
+/// The shortest `--p2p-ping-interval`: more often only costs CPU.
+const MIN_PING_INTERVAL: Duration = Duration::from_millis(100);
 /// The smallest `--max-header-bytes`: room for a pull request line and ordinary headers.
 const MIN_HEADER_BYTES: u64 = 1024;
 
@@ -236,6 +244,8 @@ pub enum UsageError {
     ReadvertiseNotBeforeExpiry { interval: Duration, ttl: Duration },
     #[error("--{0} must be at least 1")]
     Zero(&'static str),
+    #[error("--{flag} must be at least {min:?}")]
+    TooShort { flag: &'static str, min: Duration },
     #[error("--max-header-bytes must be at least {MIN_HEADER_BYTES}")]
     HeaderBytesTooSmall,
     #[error("--header-read-timeout must be longer than zero")]
@@ -264,6 +274,9 @@ impl RunArgs {
         if self.popular_threshold == 0 {
             return Err(UsageError::Zero("popular-threshold"));
         }
+        if self.p2p_ping_interval < MIN_PING_INTERVAL {
+            return Err(UsageError::TooShort { flag: "p2p-ping-interval", min: MIN_PING_INTERVAL });
+        }
         let server = self.server_limits()?;
         Ok(RunConfig {
             registry_addr: self.registry_addr,
@@ -278,6 +291,10 @@ impl RunArgs {
             bootstrap_peers: self.bootstrap_peers,
             bootstrap_dns: self.bootstrap_dns,
             p2p_psk_file: self.p2p_psk_file,
+            connections: ConnectionConfig {
+                ping_interval: self.p2p_ping_interval,
+                idle_timeout: self.p2p_idle_timeout,
+            },
             private_registries: self.private_registries,
             registry: crate::registry::RegistryConfig {
                 mirrored: self.mirrored_registries,

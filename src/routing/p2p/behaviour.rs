@@ -30,11 +30,8 @@ pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const KBUCKET_SIZE: usize = 64;
 /// How long an announcement may wait for its answer.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Ping every connected peer this often; its round trip and failures feed
-/// peer health (a blackholed or frozen peer keeps its TCP connection open).
-const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// A ping unanswered for this long counts as failed (a round trip inside a
-/// cluster takes milliseconds).
+/// cluster takes milliseconds), or sooner if pings are more frequent.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Field order matters: the derive asks each field in turn whether to accept
@@ -54,7 +51,8 @@ pub(super) struct Behaviour {
 }
 
 impl Behaviour {
-    pub(super) fn new(keypair: &Keypair, provider_ttl: Duration) -> Self {
+    /// Pings every connected peer each `ping_interval` (see `ConnectionConfig`).
+    pub(super) fn new(keypair: &Keypair, provider_ttl: Duration, ping_interval: Duration) -> Self {
         let local = keypair.public().to_peer_id();
         let store = ProviderStore::new(local, MAX_STORED_KEYS);
         let mut kad = kad::Behaviour::with_config(local, store, kad_config(provider_ttl));
@@ -64,7 +62,9 @@ impl Behaviour {
             [(ANNOUNCE_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(ANNOUNCE_TIMEOUT),
         );
-        let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT));
+        let ping = ping::Behaviour::new(
+            ping::Config::new().with_interval(ping_interval).with_timeout(PING_TIMEOUT.min(ping_interval)),
+        );
         Self { blocked: allow_block_list::Behaviour::default(), kad, announce, identify, ping }
     }
 }

@@ -63,9 +63,6 @@ use bulk::Bulk;
 use client::{COMMAND_CAPACITY, Shared};
 use event_loop::EventLoop;
 
-/// Connections without traffic stay open this long, so peers stay connected.
-const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-
 /// How a node joins and serves the peer network.
 #[derive(Debug, Clone)]
 pub struct P2pConfig {
@@ -86,6 +83,30 @@ pub struct P2pConfig {
     /// can connect. `None` is an open network (noise still authenticates).
     pub swarm_key: Option<SwarmKey>,
     pub transport: TransportKind,
+    pub connections: ConnectionConfig,
+}
+
+/// How connections to peers are watched and kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// How often every connected peer is pinged: its round trip and failures
+    /// feed peer health (a blackholed or frozen peer keeps its TCP connection
+    /// open). A ping unanswered for this long (at most 2 s) has failed.
+    pub ping_interval: Duration,
+    /// How long a connection without traffic stays open. Each one costs
+    /// memory and pings, and a node of a large cluster talks to many peers.
+    pub idle_timeout: Duration,
+}
+
+impl ConnectionConfig {
+    pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(2);
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self { ping_interval: Self::DEFAULT_PING_INTERVAL, idle_timeout: Self::DEFAULT_IDLE_TIMEOUT }
+    }
 }
 
 /// Which transport carries the node's connections.
@@ -116,6 +137,7 @@ impl P2pConfig {
             identity,
             swarm_key: None,
             transport: TransportKind::Tcp,
+            connections: ConnectionConfig::default(),
         }
     }
 }
@@ -178,6 +200,7 @@ fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, Error> {
     let provider_ttl = config.provider_ttl;
     let swarm_key = config.swarm_key;
     let kind = config.transport;
+    let connections = config.connections;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.identity.keypair().clone())
         .with_tokio()
         .with_other_transport(move |keypair| match kind {
@@ -185,9 +208,9 @@ fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, Error> {
             TransportKind::Memory => transport::build_memory(keypair),
         })
         .map_err(|e| Error::Transport(e.to_string()))?
-        .with_behaviour(|key| Behaviour::new(key, provider_ttl))
+        .with_behaviour(|key| Behaviour::new(key, provider_ttl, connections.ping_interval))
         .map_err(|e| Error::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(connections.idle_timeout))
         .build();
     Ok(swarm)
 }
