@@ -15,8 +15,8 @@ use anyhow::{Result, ensure};
 use sim::{Cluster, KeyClass, LOOKUP_LIMIT, SimConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails under load: batched announcements lose unique-key records (docs/performance.md, Left to do)"]
 async fn fifty_memory_nodes_find_every_key_from_every_class() -> Result<()> {
+    sim::init_tracing();
     // A debug build on a loaded machine is slow: lookups get more time than in production.
     let config =
         SimConfig { unique: 10, lookups: 150, resolve_timeout: Duration::from_secs(30), ..SimConfig::memory(50) };

@@ -3,25 +3,31 @@
 //! A Kademlia provide is an iterative query per key (a dozen or more round
 //! trips) followed by one message per replica: thousands of keys cost
 //! thousands of queries. When this node knows the whole network — a
-//! bootstrap walk has completed and no routing-table bucket is full, the
-//! usual case in a cluster — it computes each key's `K_VALUE` closest peers
-//! itself and sends every peer all of its records in one announcement (the
-//! idea of IPFS's accelerated "full routing table" client). Receivers store
-//! ordinary provider records, so lookups are plain Kademlia and find them.
+//! bootstrap walk has completed, no routing-table bucket is full, and one
+//! query for the closest peers of one of the batch's keys found none the
+//! table lacks: the usual case in a cluster of up to a few hundred nodes —
+//! it computes each key's `K_VALUE` closest peers itself and sends every
+//! peer all of its records in one announcement (the idea of IPFS's
+//! accelerated "full routing table" client). Receivers store ordinary
+//! provider records, so lookups are plain Kademlia and find them.
 //! Otherwise the caller is told to fall back to one query per key. Right
 //! after start-up, batches wait (up to [`BOOTSTRAP_WAIT`]) for the first
 //! bootstrap walk, so a restarting node re-advertises in batches too.
 //!
-//! Owns: the batches in flight, the announcement requests they wait for,
+//! Owns: the batches in flight (and their table checks), the announcement
+//! requests they wait for, resending one whose connection closed under it,
 //! and storing the records peers announce to this node. Like a Kademlia
 //! provide, a batch succeeds once the local record is stored and every
 //! announcement was answered or failed: reaching fewer peers is not a failure.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use libp2p::kad::store::RecordStore;
-use libp2p::kad::{K_VALUE, KBucketKey, ProviderRecord, RecordKey};
+use libp2p::kad::{
+    GetClosestPeersError, GetClosestPeersOk, GetClosestPeersResult, K_VALUE, KBucketKey, ProviderRecord, QueryId,
+    RecordKey,
+};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::oneshot;
@@ -58,6 +64,23 @@ struct Batch {
     deadline: Instant,
 }
 
+/// An announcement in flight: which batch waits for it, and what to resend.
+struct Sent {
+    batch: u64,
+    peer: PeerId,
+    announcement: Announcement,
+    /// Whether this is already the resend.
+    resent: bool,
+}
+
+/// A batch whose routing table is being checked against the network.
+struct Checking {
+    keys: Vec<Key>,
+    reply: oneshot::Sender<BulkOutcome>,
+    /// The peers of the table when the batch started.
+    known: HashSet<PeerId>,
+}
+
 /// A batch waiting for the first bootstrap walk.
 struct Waiting {
     keys: Vec<Key>,
@@ -81,8 +104,9 @@ pub(super) struct Bulk {
     provider_ttl: Duration,
     bootstrap: Bootstrap,
     waiting: Vec<Waiting>,
+    checking: HashMap<QueryId, Checking>,
     batches: HashMap<u64, Batch>,
-    requests: HashMap<OutboundRequestId, u64>,
+    requests: HashMap<OutboundRequestId, Sent>,
     next_batch: u64,
 }
 
@@ -92,6 +116,7 @@ impl Bulk {
             provider_ttl,
             bootstrap: Bootstrap::Pending { until: Instant::now() + BOOTSTRAP_WAIT },
             waiting: Vec::new(),
+            checking: HashMap::new(),
             batches: HashMap::new(),
             requests: HashMap::new(),
             next_batch: 0,
@@ -130,7 +155,9 @@ impl Bulk {
         }
     }
 
-    /// Stores the local records of `keys` and announces them to their closest peers.
+    /// Advertises `keys` in one batch if the routing table holds the whole
+    /// network, after checking that against the network itself (see
+    /// [`Bulk::on_checked`]); otherwise tells the caller to use queries.
     pub(super) fn start(&mut self, swarm: &mut Swarm<Behaviour>, keys: Vec<Key>, reply: oneshot::Sender<BulkOutcome>) {
         let peers = match self.bootstrap {
             Bootstrap::Pending { .. } => {
@@ -144,6 +171,50 @@ impl Bulk {
             let _ = reply.send(BulkOutcome::NeedQueries);
             return;
         };
+        let Some(sample) = keys.first() else {
+            let _ = reply.send(BulkOutcome::Done(Vec::new()));
+            return;
+        };
+        let known = peers.iter().map(|p| *p.preimage()).collect();
+        let query = swarm.behaviour_mut().kad.get_closest_peers(record_key(sample).to_vec());
+        self.checking.insert(query, Checking { keys, reply, known });
+    }
+
+    /// A table that holds no full bucket may still miss peers: a node that
+    /// started early, or under load, has not heard of everyone yet, and
+    /// records it placed by that table would sit where no lookup looks.
+    /// So each batch first asks the network for the closest peers of one of
+    /// its keys: if the table held all of them, the batch is announced from
+    /// it; if not, the caller provides key by key (and the table, which the
+    /// query just taught, is checked again by the next batch).
+    pub(super) fn on_checked(&mut self, swarm: &mut Swarm<Behaviour>, query: QueryId, outcome: GetClosestPeersResult) {
+        let Some(Checking { keys, reply, known }) = self.checking.remove(&query) else { return };
+        let found = match outcome {
+            Ok(GetClosestPeersOk { peers, .. }) | Err(GetClosestPeersError::Timeout { peers, .. }) => peers,
+        };
+        let missing = found.iter().filter(|p| !known.contains(&p.peer_id)).count();
+        match whole_network(swarm) {
+            Some(peers) if missing == 0 => self.announce(swarm, &peers, keys, reply),
+            _ => {
+                tracing::debug!(missing, known = known.len(), "the routing table misses peers: advertising key by key");
+                let _ = reply.send(BulkOutcome::NeedQueries);
+            }
+        }
+    }
+
+    /// Whether `query` checks a batch's routing table.
+    pub(super) fn is_check(&self, query: &QueryId) -> bool {
+        self.checking.contains_key(query)
+    }
+
+    /// Stores the local records of `keys` and announces them to their closest peers.
+    fn announce(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peers: &[KBucketKey<PeerId>],
+        keys: Vec<Key>,
+        reply: oneshot::Sender<BulkOutcome>,
+    ) {
         let local = *swarm.local_peer_id();
         let addrs: Vec<Multiaddr> = swarm.external_addresses().cloned().collect();
         let store = swarm.behaviour_mut().kad.store_mut();
@@ -158,7 +229,7 @@ impl Bulk {
             })
             .collect();
         let stored = keys.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(k, _)| k);
-        let per_peer = closest_peers(&peers, stored);
+        let per_peer = closest_peers(peers, stored);
         let announced_addrs: Vec<String> = addrs.iter().take(MAX_ANNOUNCED_ADDRS).map(ToString::to_string).collect();
 
         let id = self.next_batch;
@@ -167,8 +238,7 @@ impl Bulk {
         for (peer, keys) in per_peer {
             for chunk in keys.chunks(MAX_KEYS_PER_REQUEST) {
                 let announcement = Announcement { keys: chunk.to_vec(), addrs: announced_addrs.clone() };
-                let request = swarm.behaviour_mut().announce.send_request(&peer, announcement);
-                self.requests.insert(request, id);
+                self.send(swarm, Sent { batch: id, peer, announcement, resent: false });
                 outstanding += 1;
             }
         }
@@ -192,12 +262,24 @@ impl Bulk {
                 }
                 request_response::Message::Response { request_id, response } => {
                     tracing::trace!(%peer, stored = response.stored, "announcement stored");
-                    self.answered(request_id);
+                    if let Some(sent) = self.requests.remove(&request_id) {
+                        self.answered(sent.batch);
+                    }
                 }
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                tracing::debug!(%peer, %error, "announcement not delivered");
-                self.answered(request_id);
+                let closed = matches!(error, request_response::OutboundFailure::ConnectionClosed);
+                match self.requests.remove(&request_id) {
+                    Some(sent) if closed && !sent.resent => {
+                        tracing::debug!(%peer, "connection closed under an announcement; sending it again");
+                        self.send(swarm, Sent { resent: true, ..sent });
+                    }
+                    Some(sent) => {
+                        tracing::debug!(%peer, %error, "announcement not delivered");
+                        self.answered(sent.batch);
+                    }
+                    None => {}
+                }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound announcement failed");
@@ -206,8 +288,16 @@ impl Bulk {
         }
     }
 
-    fn answered(&mut self, request: OutboundRequestId) {
-        let Some(id) = self.requests.remove(&request) else { return };
+    /// Sends one announcement. A connection that closes under it (an idle
+    /// connection closing just as the request was queued on it, or a peer
+    /// restarting) gets it sent once more, over a new connection.
+    fn send(&mut self, swarm: &mut Swarm<Behaviour>, sent: Sent) {
+        let request = swarm.behaviour_mut().announce.send_request(&sent.peer, sent.announcement.clone());
+        self.requests.insert(request, sent);
+    }
+
+    /// One announcement of batch `id` was answered or failed for good.
+    fn answered(&mut self, id: u64) {
         let Some(batch) = self.batches.get_mut(&id) else { return };
         batch.outstanding = batch.outstanding.saturating_sub(1);
         if batch.outstanding == 0

@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, QueryId, RecordKey};
-use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{PeerId, Swarm, identify, ping};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -44,7 +44,7 @@ pub(super) struct EventLoop {
     shared: Arc<Shared>,
     book: AddressBook,
     lookups: Lookups<QueryId>,
-    provides: HashMap<QueryId, oneshot::Sender<Result<(), Error>>>,
+    provides: HashMap<QueryId, (Key, oneshot::Sender<Result<(), Error>>)>,
     /// Whether the first Kademlia bootstrap (self-lookup) was started.
     bootstrapped: bool,
     bulk: Bulk,
@@ -138,7 +138,7 @@ impl EventLoop {
     fn start_providing(&mut self, key: Key, reply: oneshot::Sender<Result<(), Error>>) {
         match self.kad().start_providing(record_key(&key)) {
             Ok(query) => {
-                self.provides.insert(query, reply);
+                self.provides.insert(query, (key, reply));
             }
             Err(e) => {
                 let _ = reply.send(Err(Error::Provide { key, reason: format!("the local record store refused: {e}") }));
@@ -172,9 +172,15 @@ impl EventLoop {
     fn dial_providers(&mut self, peers: Vec<PeerId>) {
         for peer in peers {
             let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(%peer, error = %e, "cannot dial provider");
-                self.lookups.unreachable(peer);
+            match self.swarm.dial(opts) {
+                Ok(()) => {}
+                // Connected but not identified yet, or a dial is under way:
+                // identify, or the dial's failure, settles the provider.
+                Err(DialError::DialPeerConditionFalse(_)) => {}
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot dial provider");
+                    self.lookups.unreachable(peer);
+                }
             }
         }
     }
@@ -366,12 +372,15 @@ impl EventLoop {
         match result {
             kad::QueryResult::StartProviding(outcome) => {
                 tracing::debug!(?stats, "provide query ended");
-                if let Err(e) = &outcome {
-                    // The record is stored locally; reaching fewer peers is not a failure.
-                    tracing::debug!(error = %e, "provider announcement incomplete");
-                }
-                if let Some(reply) = self.provides.remove(&id) {
-                    let _ = reply.send(Ok(()));
+                // The record is stored locally either way. A query that timed
+                // out may not have sent it to any peer, so the key counts as
+                // not advertised and the advertiser tries it again later.
+                if let Some((key, reply)) = self.provides.remove(&id) {
+                    let result = outcome.map(drop).map_err(|e| {
+                        tracing::debug!(%key, error = %e, "provider announcement timed out");
+                        Error::Provide { key, reason: format!("no peer was reached in time: {e}") }
+                    });
+                    let _ = reply.send(result);
                 }
             }
             kad::QueryResult::GetProviders(outcome) => {
@@ -387,6 +396,9 @@ impl EventLoop {
             }
             kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining: 0, .. })) => {
                 self.bulk.set_bootstrapped(&mut self.swarm);
+            }
+            kad::QueryResult::GetClosestPeers(outcome) if self.bulk.is_check(&id) => {
+                self.bulk.on_checked(&mut self.swarm, id, outcome);
             }
             other => tracing::debug!(result = ?other, "kademlia query progressed"),
         }

@@ -88,11 +88,17 @@ impl<Id: Hash + Eq + Copy> Lookups<Id> {
         providers.into_iter().filter(|p| *p != self.local).filter_map(|p| lookup.offer(p, book)).collect()
     }
 
-    /// `peer`'s announced addresses became known.
+    /// `peer` identified itself: streamed if it announced a usable
+    /// address; otherwise no longer waited for.
     pub(super) fn resolved(&mut self, peer: PeerId, book: &AddressBook) {
         for lookup in self.active.values_mut() {
-            if lookup.unresolved.contains(&peer) {
+            if !lookup.unresolved.contains(&peer) {
+                continue;
+            }
+            if book.endpoint(&peer).is_some() {
                 lookup.offer(peer, book);
+            } else {
+                lookup.unresolved.remove(&peer);
             }
         }
     }
@@ -225,6 +231,20 @@ mod tests {
         f.lookups.query_finished(1);
         f.lookups.unreachable(stranger);
         assert_eq!(f.lookups.take_ended(f.now).len(), 1);
+    }
+
+    #[test]
+    fn a_provider_identified_without_a_usable_address_no_longer_holds_the_lookup_open() {
+        let mut f = Fixture::new();
+        let mut rx = f.start(1, 10);
+        let stranger = PeerId::random();
+        f.lookups.found(1, [stranger], &f.book);
+        f.lookups.query_finished(1);
+        let unusable: Multiaddr = "/ip4/0.0.0.0/tcp/4001".parse().unwrap();
+        f.book.learn_from_identify(stranger, &[unusable]);
+        f.lookups.resolved(stranger, &f.book);
+        assert!(drain(&mut rx).is_empty());
+        assert_eq!(f.lookups.take_ended(f.now), vec![Ended { id: 1, query_running: false }]);
     }
 
     #[test]
