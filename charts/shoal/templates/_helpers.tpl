@@ -148,7 +148,9 @@ list and rendered with toYaml, so that any value is quoted correctly.
   (printf "--peer-stall-timeout=%s" $c.peerStallTimeout)
   (printf "--max-peer-attempts=%d" (int $c.maxPeerAttempts))
   (printf "--provider-ttl=%s" $c.providerTtl)
-  (printf "--readvertise-interval=%s" $c.readvertiseInterval)) -}}
+  (printf "--readvertise-interval=%s" $c.readvertiseInterval)
+  (printf "--p2p-ping-interval=%s" $c.p2pPingInterval)
+  (printf "--p2p-idle-timeout=%s" $c.p2pIdleTimeout)) -}}
 {{- with $c.advertiseConcurrency }}
 {{- $args = append $args (printf "--advertise-concurrency=%d" (int .)) -}}
 {{- end }}
