@@ -70,8 +70,15 @@ async fn run() -> Result<()> {
     let lookups = config.lookups;
     let cluster = Cluster::start(config).await?;
     println!("  started and connected in {:.1?} (rss {} MiB, load {})", started.elapsed(), rss_mib(), loadavg());
-    let advertised = cluster.advertise().await?;
-    println!("  advertised in {advertised:.1?} (rss {} MiB, load {})", rss_mib(), loadavg());
+    let advertised = cluster.advertise_all().await;
+    println!(
+        "  advertised in {:.1?}: {} keys tried again, {} failed every attempt (rss {} MiB, load {})",
+        advertised.took,
+        advertised.retried,
+        advertised.failed,
+        rss_mib(),
+        loadavg()
+    );
 
     let probes = cluster.plan(lookups, &[KeyClass::Base, KeyClass::Shared, KeyClass::Unique]);
     let started = Instant::now();

@@ -181,32 +181,39 @@ impl Cluster {
     }
 
     /// Every node advertises its keys (a few nodes at a time), trying the
-    /// keys that failed again as the advertiser would; returns the time taken.
+    /// keys that failed again as the advertiser would; returns the time
+    /// taken. Fails if a key could not be advertised at all.
     pub async fn advertise(&self) -> Result<Duration> {
-        let started = Instant::now();
-        let failures: usize = futures::stream::iter(0..self.routers.len())
-            .map(|n| self.advertise_node(n))
-            .buffer_unordered(ADVERTISING_AT_ONCE)
-            .fold(0, |sum, failed| async move { sum + failed })
-            .await;
-        ensure!(failures == 0, "{failures} keys could not be advertised in {ADVERTISE_ATTEMPTS} attempts");
-        Ok(started.elapsed())
+        let report = self.advertise_all().await;
+        ensure!(report.failed == 0, "{} keys could not be advertised in {ADVERTISE_ATTEMPTS} attempts", report.failed);
+        Ok(report.took)
     }
 
-    /// Advertises node `n`'s keys; returns how many still failed after every attempt.
-    async fn advertise_node(&self, n: usize) -> usize {
+    /// Like [`Cluster::advertise`], but reports the keys that failed.
+    pub async fn advertise_all(&self) -> Advertised {
+        let started = Instant::now();
+        let (retried, failed) = futures::stream::iter(0..self.routers.len())
+            .map(|n| self.advertise_node(n))
+            .buffer_unordered(ADVERTISING_AT_ONCE)
+            .fold((0, 0), |(r, f), (retried, failed)| async move { (r + retried, f + failed) })
+            .await;
+        Advertised { took: started.elapsed(), retried, failed }
+    }
+
+    /// Advertises node `n`'s keys; returns how many were tried again, and
+    /// how many still failed after every attempt.
+    async fn advertise_node(&self, n: usize) -> (usize, usize) {
         let mut keys = self.keys_of(n);
+        let mut retried = 0;
         for attempt in 1..=ADVERTISE_ATTEMPTS {
             let results = self.routers[n].provide_many(&keys).await;
             keys = keys.into_iter().zip(results).filter(|(_, r)| r.is_err()).map(|(k, _)| k).collect();
-            if keys.is_empty() {
+            if keys.is_empty() || attempt == ADVERTISE_ATTEMPTS {
                 break;
             }
-            if attempt < ADVERTISE_ATTEMPTS {
-                println!("  node {n}: {} keys not advertised, trying again", keys.len());
-            }
+            retried += keys.len();
         }
-        keys.len()
+        (retried, keys.len())
     }
 
     /// The lookups to measure: random requesters, keys of every class.
@@ -286,6 +293,15 @@ impl Cluster {
 fn node_ip([a, b]: [u8; 2], n: usize) -> Ipv4Addr {
     let third = usize::from(b) + n / 250;
     Ipv4Addr::new(127, a, u8::try_from(third).unwrap_or(u8::MAX), u8::try_from(n % 250 + 1).unwrap_or(1))
+}
+
+/// How an advertisement went.
+pub struct Advertised {
+    pub took: Duration,
+    /// Key advertisements tried again after a failure.
+    pub retried: usize,
+    /// Keys that failed every attempt.
+    pub failed: usize,
 }
 
 /// One lookup to make: from which node, for which key, and who holds it.
