@@ -232,8 +232,6 @@ pub struct RunArgs {
     pub max_in_flight_requests: usize,
 }
 
-/// The shortest `--p2p-ping-interval`: more often only costs CPU.
-const MIN_PING_INTERVAL: Duration = Duration::from_millis(100);
 /// The smallest `--max-header-bytes`: room for a pull request line and ordinary headers.
 const MIN_HEADER_BYTES: u64 = 1024;
 
@@ -274,8 +272,11 @@ impl RunArgs {
         if self.popular_threshold == 0 {
             return Err(UsageError::Zero("popular-threshold"));
         }
-        if self.p2p_ping_interval < MIN_PING_INTERVAL {
-            return Err(UsageError::TooShort { flag: "p2p-ping-interval", min: MIN_PING_INTERVAL });
+        if self.p2p_ping_interval < ConnectionConfig::MIN_PING_INTERVAL {
+            return Err(UsageError::TooShort { flag: "p2p-ping-interval", min: ConnectionConfig::MIN_PING_INTERVAL });
+        }
+        if self.p2p_idle_timeout < ConnectionConfig::MIN_IDLE_TIMEOUT {
+            return Err(UsageError::TooShort { flag: "p2p-idle-timeout", min: ConnectionConfig::MIN_IDLE_TIMEOUT });
         }
         let server = self.server_limits()?;
         Ok(RunConfig {
@@ -487,6 +488,31 @@ mod tests {
         let cli = Cli::try_parse_from(["shoal", "run", "--advertise-batch-size", "0"]);
         let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
         assert!(matches!(args.into_config(), Err(UsageError::Zero("advertise-batch-size"))));
+    }
+
+    #[test]
+    fn peer_connection_flags_become_configs_and_are_checked() {
+        let parse = |flags: &[&str]| {
+            let cli = Cli::try_parse_from(["shoal", "run"].iter().chain(flags));
+            let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
+            args.into_config()
+        };
+        let defaults = parse(&[]).map_err(|e| e.to_string());
+        let Ok(defaults) = defaults else { panic!("{defaults:?}") };
+        assert_eq!(defaults.connections, ConnectionConfig::default());
+        let tuned = parse(&["--p2p-ping-interval", "10s", "--p2p-idle-timeout", "30s"]).map_err(|e| e.to_string());
+        let Ok(tuned) = tuned else { panic!("{tuned:?}") };
+        let expected =
+            ConnectionConfig { ping_interval: Duration::from_secs(10), idle_timeout: Duration::from_secs(30) };
+        assert_eq!(tuned.connections, expected);
+        assert!(matches!(
+            parse(&["--p2p-ping-interval", "10ms"]),
+            Err(UsageError::TooShort { flag: "p2p-ping-interval", .. })
+        ));
+        assert!(matches!(
+            parse(&["--p2p-idle-timeout", "0s"]),
+            Err(UsageError::TooShort { flag: "p2p-idle-timeout", .. })
+        ));
     }
 
     #[test]

@@ -206,7 +206,9 @@ impl Cluster {
         let mut keys = self.keys_of(n);
         let mut retried = 0;
         for attempt in 1..=ADVERTISE_ATTEMPTS {
-            let results = self.routers[n].provide_many(&keys).await;
+            let mut results = self.routers[n].provide_many(&keys).await;
+            // A router that answered for fewer keys than asked failed the rest.
+            results.resize_with(keys.len(), || Err(shoal::routing::Error::Closed));
             keys = keys.into_iter().zip(results).filter(|(_, r)| r.is_err()).map(|(k, _)| k).collect();
             if keys.is_empty() || attempt == ADVERTISE_ATTEMPTS {
                 break;

@@ -12,6 +12,7 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, allow_block_list, identify, kad, ping, request_response};
 
+use super::ConnectionConfig;
 use super::announce::{ANNOUNCE_PROTOCOL, AnnounceCodec};
 use super::store::ProviderStore;
 
@@ -31,7 +32,7 @@ pub(super) const KBUCKET_SIZE: usize = 64;
 /// How long an announcement may wait for its answer.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A ping unanswered for this long counts as failed (a round trip inside a
-/// cluster takes milliseconds), or sooner if pings are more frequent.
+/// cluster takes milliseconds).
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Field order matters: the derive asks each field in turn whether to accept
@@ -63,7 +64,9 @@ impl Behaviour {
             request_response::Config::default().with_request_timeout(ANNOUNCE_TIMEOUT),
         );
         let ping = ping::Behaviour::new(
-            ping::Config::new().with_interval(ping_interval).with_timeout(PING_TIMEOUT.min(ping_interval)),
+            ping::Config::new()
+                .with_interval(ping_interval.max(ConnectionConfig::MIN_PING_INTERVAL))
+                .with_timeout(PING_TIMEOUT),
         );
         Self { blocked: allow_block_list::Behaviour::default(), kad, announce, identify, ping }
     }

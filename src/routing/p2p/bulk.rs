@@ -46,7 +46,7 @@ pub(super) const BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
 /// A batch is done after this long even if some announcements are still
 /// pending (a blackholed peer may hold a dial for minutes): like a Kademlia
 /// provide, reaching fewer peers is not a failure.
-const BATCH_DEADLINE: Duration = Duration::from_secs(15);
+pub(super) const BATCH_DEADLINE: Duration = Duration::from_secs(15);
 
 /// How a batch ended.
 #[derive(Debug)]
@@ -189,14 +189,25 @@ impl Bulk {
     /// query just taught, is checked again by the next batch).
     pub(super) fn on_checked(&mut self, swarm: &mut Swarm<Behaviour>, query: QueryId, outcome: GetClosestPeersResult) {
         let Some(Checking { keys, reply, known }) = self.checking.remove(&query) else { return };
-        let found = match outcome {
-            Ok(GetClosestPeersOk { peers, .. }) | Err(GetClosestPeersError::Timeout { peers, .. }) => peers,
+        let (found, complete) = match outcome {
+            Ok(GetClosestPeersOk { peers, .. }) => (peers, true),
+            // A query that timed out lists the peers that answered: few
+            // answers say nothing of what the table lacks.
+            Err(GetClosestPeersError::Timeout { peers, .. }) => {
+                let enough = peers.len() >= K_VALUE.get().min(known.len());
+                (peers, enough)
+            }
         };
         let missing = found.iter().filter(|p| !known.contains(&p.peer_id)).count();
         match whole_network(swarm) {
-            Some(peers) if missing == 0 => self.announce(swarm, &peers, keys, reply),
+            Some(peers) if complete && missing == 0 => self.announce(swarm, &peers, keys, reply),
             _ => {
-                tracing::debug!(missing, known = known.len(), "the routing table misses peers: advertising key by key");
+                tracing::debug!(
+                    missing,
+                    complete,
+                    known = known.len(),
+                    "routing table not confirmed: advertising key by key"
+                );
                 let _ = reply.send(BulkOutcome::NeedQueries);
             }
         }
@@ -270,7 +281,7 @@ impl Bulk {
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 let closed = matches!(error, request_response::OutboundFailure::ConnectionClosed);
                 match self.requests.remove(&request_id) {
-                    Some(sent) if closed && !sent.resent => {
+                    Some(sent) if closed && !sent.resent && self.batches.contains_key(&sent.batch) => {
                         tracing::debug!(%peer, "connection closed under an announcement; sending it again");
                         self.send(swarm, Sent { resent: true, ..sent });
                     }

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::behaviour::QUERY_TIMEOUT;
 use super::bootstrap::Target;
-use super::bulk::BulkOutcome;
+use super::bulk::{BATCH_DEADLINE, BOOTSTRAP_WAIT, BulkOutcome};
 use super::known::KnownPeer;
 use super::peer_ips::PeerIps;
 use super::store::StoreStats;
@@ -30,8 +30,10 @@ use crate::routing::{Error, Links, Peer, PeerName, Router};
 pub(super) const COMMAND_CAPACITY: usize = 1024;
 /// How long a provide may wait for its query: the query's own limit plus slack.
 const PROVIDE_TIMEOUT: Duration = QUERY_TIMEOUT.saturating_add(Duration::from_secs(15));
-/// How long a batch may take: every announcement is answered or times out well within it.
-const PROVIDE_MANY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a batch may take: the wait for the first bootstrap walk, the
+/// routing-table check (a query) and the announcements' deadline, plus slack.
+const PROVIDE_MANY_TIMEOUT: Duration =
+    BOOTSTRAP_WAIT.saturating_add(QUERY_TIMEOUT).saturating_add(BATCH_DEADLINE).saturating_add(Duration::from_secs(15));
 /// Key-by-key provides in flight for one batch when batching is not possible.
 const QUERIES_PER_BATCH: usize = 16;
 /// Commands that only touch local state answer well within this.

@@ -6,7 +6,7 @@
 //! or uninteresting events are logged at debug and ignored; nothing here
 //! panics on what the network sends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,9 @@ pub(super) struct EventLoop {
     book: AddressBook,
     lookups: Lookups<QueryId>,
     provides: HashMap<QueryId, (Key, oneshot::Sender<Result<(), Error>>)>,
+    /// Connected peers whose identify arrived (forgotten when the last
+    /// connection closes): one without a known endpoint announced none usable.
+    identified: HashSet<PeerId>,
     /// Whether the first Kademlia bootstrap (self-lookup) was started.
     bootstrapped: bool,
     bulk: Bulk,
@@ -71,6 +74,7 @@ impl EventLoop {
             book,
             lookups,
             provides: HashMap::new(),
+            identified: HashSet::new(),
             bootstrapped: false,
             bulk,
             shunned: Shunned::default(),
@@ -174,8 +178,12 @@ impl EventLoop {
             let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
             match self.swarm.dial(opts) {
                 Ok(()) => {}
+                // Identified already without a usable address: nothing to wait for.
+                Err(DialError::DialPeerConditionFalse(_)) if self.identified.contains(&peer) => {
+                    self.lookups.unreachable(peer);
+                }
                 // Connected but not identified yet, or a dial is under way:
-                // identify, or the dial's failure, settles the provider.
+                // identify, the dial's failure or the connection's end settles it.
                 Err(DialError::DialPeerConditionFalse(_)) => {}
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "cannot dial provider");
@@ -295,6 +303,8 @@ impl EventLoop {
                 self.shared.set_connected(self.swarm.connected_peers().count());
                 if num_established == 0 {
                     tracing::debug!(peer = %peer_id, ?cause, "last connection to peer closed");
+                    self.identified.remove(&peer_id);
+                    self.lookups.unreachable(peer_id);
                     let peer = peer_name(&peer_id);
                     // Closed here for being idle (or on purpose): not a health signal.
                     let idle = matches!(cause, None | Some(libp2p::swarm::ConnectionError::KeepAliveTimeout));
@@ -318,6 +328,9 @@ impl EventLoop {
     }
 
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
+        if self.swarm.is_connected(&peer) {
+            self.identified.insert(peer);
+        }
         self.book.learn_from_identify(peer, &info.listen_addrs);
         let announced = info.listen_addrs.iter().filter_map(tcp_socket_addr).map(|s| s.ip());
         self.shared.peer_ips().announced(peer, announced.filter(|ip| !ip.is_unspecified()));

@@ -101,6 +101,10 @@ pub struct ConnectionConfig {
 impl ConnectionConfig {
     pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(2);
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+    /// Pinging more often only costs CPU; a shorter interval is raised to this.
+    pub const MIN_PING_INTERVAL: Duration = Duration::from_millis(100);
+    /// A connection closed sooner would not outlive the request that opened it.
+    pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 }
 
 impl Default for ConnectionConfig {
@@ -210,7 +214,9 @@ fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, Error> {
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_behaviour(|key| Behaviour::new(key, provider_ttl, connections.ping_interval))
         .map_err(|e| Error::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(connections.idle_timeout))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(connections.idle_timeout.max(ConnectionConfig::MIN_IDLE_TIMEOUT))
+        })
         .build();
     Ok(swarm)
 }
