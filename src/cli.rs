@@ -490,13 +490,15 @@ mod tests {
         assert!(matches!(args.into_config(), Err(UsageError::Zero("advertise-batch-size"))));
     }
 
+    /// `shoal run` with `flags`, turned into its config.
+    fn parse(flags: &[&str]) -> Result<RunConfig, UsageError> {
+        let cli = Cli::try_parse_from(["shoal", "run"].iter().chain(flags));
+        let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
+        args.into_config()
+    }
+
     #[test]
     fn peer_connection_flags_become_configs_and_are_checked() {
-        let parse = |flags: &[&str]| {
-            let cli = Cli::try_parse_from(["shoal", "run"].iter().chain(flags));
-            let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
-            args.into_config()
-        };
         let defaults = parse(&[]).map_err(|e| e.to_string());
         let Ok(defaults) = defaults else { panic!("{defaults:?}") };
         assert_eq!(defaults.connections, ConnectionConfig::default());
@@ -517,11 +519,6 @@ mod tests {
 
     #[test]
     fn listener_limits_become_configs_and_are_checked() {
-        let parse = |flags: &[&str]| {
-            let cli = Cli::try_parse_from(["shoal", "run"].iter().chain(flags));
-            let Ok(Cli { command: Command::Run(args), .. }) = cli else { panic!("{cli:?}") };
-            args.into_config()
-        };
         let defaults = parse(&[]).map_err(|e| e.to_string());
         let Ok(defaults) = defaults else { panic!("{defaults:?}") };
         assert_eq!(defaults.server, ServerLimits::default());

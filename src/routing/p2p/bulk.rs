@@ -5,7 +5,7 @@
 //! thousands of queries. When this node knows the whole network — a
 //! bootstrap walk has completed, no routing-table bucket is full, and one
 //! query for the closest peers of one of the batch's keys found none the
-//! table lacks: the usual case in a cluster of up to a few hundred nodes —
+//! table lacks: the usual case in a cluster of up to about a hundred nodes —
 //! it computes each key's `K_VALUE` closest peers itself and sends every
 //! peer all of its records in one announcement (the idea of IPFS's
 //! accelerated "full routing table" client). Receivers store ordinary
