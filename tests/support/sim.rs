@@ -307,12 +307,11 @@ pub struct Advertised {
 }
 
 /// One lookup to make: from which node, for which key, and who holds it.
-#[derive(Clone)]
 pub struct Probe {
     pub class: KeyClass,
     pub key: Key,
     pub from: usize,
-    pub holders: Vec<usize>,
+    holders: Vec<usize>,
 }
 
 /// What one lookup found.
