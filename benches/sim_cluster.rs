@@ -8,6 +8,8 @@
 //! `cargo bench --bench sim_cluster -- --nodes 1000` (default 1000).
 //! `SHOAL_SIM_SHORT=1`: 50 nodes, 10 unique keys, 300 lookups (a smoke run).
 //! `SHOAL_SIM_LOOKUPS`, `SHOAL_SIM_UNIQUE` override those counts;
+//! `SHOAL_SIM_ADVERTISING` (default 32) sets how many nodes advertise at once,
+//! `SHOAL_SIM_IDLE_SECS` (default 30) how long an idle connection stays open;
 //! `SHOAL_SIM_MAX_RSS_MIB` (default 12288) stops the run if memory grows past it.
 //! No socket is opened: addresses 127.1.x.y only name the nodes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -19,6 +21,7 @@ mod sim;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use shoal::routing::p2p::ConnectionConfig;
 use sim::{Cluster, KeyClass, SimConfig, loadavg, rss_mib};
 use tokio::time::Instant;
 
@@ -38,9 +41,13 @@ fn nodes_arg(default: usize) -> Result<usize> {
 fn config() -> Result<SimConfig> {
     let short = std::env::var("SHOAL_SIM_SHORT").is_ok_and(|v| v == "1");
     let (nodes, unique, lookups) = if short { (50, 10, 300) } else { (1000, 50, 3000) };
+    let idle = Duration::from_secs(env_or("SHOAL_SIM_IDLE_SECS", 30) as u64);
     Ok(SimConfig {
         unique: env_or("SHOAL_SIM_UNIQUE", unique),
         lookups: env_or("SHOAL_SIM_LOOKUPS", lookups),
+        advertising_at_once: env_or("SHOAL_SIM_ADVERTISING", 32),
+        connections: ConnectionConfig { idle_timeout: idle, ..sim::SIM_CONNECTIONS },
+        progress: true,
         ..SimConfig::memory(nodes_arg(nodes)?)
     })
 }

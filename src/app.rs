@@ -157,6 +157,7 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         swarm_key,
         transport: TransportKind::Tcp,
         connections: config.connections,
+        table_refresh: P2pConfig::DEFAULT_TABLE_REFRESH,
     };
     let p2p_router = p2p::start(p2p_config, token.clone(), &tracker).await?;
     let name = p2p_router.local_name().to_string();

@@ -33,8 +33,6 @@ const MEMORY_PORT: u16 = 4001;
 pub const LOOKUP_LIMIT: usize = 20;
 /// How long the cluster may take to connect, and the advertisement to finish.
 const SETTLE: Duration = Duration::from_secs(600);
-/// Nodes advertising at once.
-const ADVERTISING_AT_ONCE: usize = 32;
 /// Tries per key before the advertisement counts as failed.
 const ADVERTISE_ATTEMPTS: usize = 3;
 
@@ -58,6 +56,13 @@ pub struct SimConfig {
     /// Pings and idle connections: one process carries every node's
     /// connections, so a simulation pings rarely (`SIM_CONNECTIONS`).
     pub connections: ConnectionConfig,
+    /// How often each node refreshes its routing table (`SIM_TABLE_REFRESH`).
+    pub table_refresh: Duration,
+    /// Nodes advertising at once: one process does every node's work, so a
+    /// large cluster needs fewer at once than a real one would.
+    pub advertising_at_once: usize,
+    /// Print a line each time another tenth of the nodes has advertised.
+    pub progress: bool,
 }
 
 /// Every node's connections share this process's CPU and memory: pinging
@@ -65,6 +70,12 @@ pub struct SimConfig {
 /// run. Lookups and advertisements do not depend on pings.
 pub const SIM_CONNECTIONS: ConnectionConfig =
     ConnectionConfig { ping_interval: Duration::from_secs(60), idle_timeout: Duration::from_secs(30) };
+
+/// A bootstrap walk is a dozen closest-peers queries: every node of a
+/// 1,000-node simulation walking every 5 minutes, as a real node does, is
+/// 40 queries a second, more than one 2-core process keeps up with besides
+/// the work measured. A simulation refreshes once an hour.
+pub const SIM_TABLE_REFRESH: Duration = Duration::from_secs(3600);
 
 impl SimConfig {
     pub fn memory(nodes: usize) -> Self {
@@ -81,6 +92,9 @@ impl SimConfig {
             seed: 7,
             resolve_timeout: P2pConfig::DEFAULT_RESOLVE_TIMEOUT,
             connections: SIM_CONNECTIONS,
+            table_refresh: SIM_TABLE_REFRESH,
+            advertising_at_once: 32,
+            progress: false,
         }
     }
 }
@@ -132,6 +146,7 @@ impl Cluster {
             p2p_config.transport = config.transport;
             p2p_config.resolve_timeout = config.resolve_timeout;
             p2p_config.connections = config.connections;
+            p2p_config.table_refresh = config.table_refresh;
             let mut seeds = vec![0, n / 2, n.saturating_sub(1)];
             seeds.dedup();
             for seed in seeds.into_iter().filter(|s| *s < n) {
@@ -192,11 +207,24 @@ impl Cluster {
     /// Like [`Cluster::advertise`], but reports the keys that failed.
     pub async fn advertise_all(&self) -> Advertised {
         let started = Instant::now();
-        let (retried, failed) = futures::stream::iter(0..self.routers.len())
+        let nodes = self.routers.len();
+        let tenth = nodes.div_ceil(10);
+        let mut done = 0;
+        let (mut retried, mut failed) = (0, 0);
+        let mut advertising = futures::stream::iter(0..nodes)
             .map(|n| self.advertise_node(n))
-            .buffer_unordered(ADVERTISING_AT_ONCE)
-            .fold((0, 0), |(r, f), (retried, failed)| async move { (r + retried, f + failed) })
-            .await;
+            .buffer_unordered(self.config.advertising_at_once.max(1));
+        while let Some((r, f)) = advertising.next().await {
+            (done, retried, failed) = (done + 1, retried + r, failed + f);
+            if self.config.progress && (done % tenth == 0 || done == nodes) {
+                println!(
+                    "    {done} of {nodes} nodes advertised after {:.1?}: {retried} keys tried again, {failed} failed (rss {} MiB, load {})",
+                    started.elapsed(),
+                    rss_mib(),
+                    loadavg()
+                );
+            }
+        }
         Advertised { took: started.elapsed(), retried, failed }
     }
 
@@ -452,6 +480,14 @@ pub fn print_load(cluster: &Cluster, stats: &[RouterStats], outcomes: &[Outcome]
     println!("  keys with records per node: min {min} / median {median} / max {max}");
     let (min, median, max) = spread(cluster.connections());
     println!("  connected peers per node: min {min} / median {median} / max {max}");
+    let sum = |f: fn(&RouterStats) -> u64| stats.iter().map(f).sum::<u64>();
+    println!(
+        "  advertising: {} batches from the routing table, {} swept ({} keys, {} closest-peers queries)",
+        sum(|s| s.bulk.table_batches),
+        sum(|s| s.bulk.sweeps),
+        sum(|s| s.bulk.keys_swept),
+        sum(|s| s.bulk.sweep_queries),
+    );
     let queries: u64 = stats.iter().map(|s| s.lookup_queries).sum();
     let requests: u64 = stats.iter().map(|s| s.lookup_requests).sum();
     let most = stats.iter().map(|s| s.lookup_max_requests).max().unwrap_or(0);

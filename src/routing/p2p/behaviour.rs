@@ -12,9 +12,9 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, allow_block_list, identify, kad, ping, request_response};
 
-use super::ConnectionConfig;
 use super::announce::{ANNOUNCE_PROTOCOL, AnnounceCodec};
 use super::store::ProviderStore;
+use super::{ConnectionConfig, P2pConfig};
 
 /// Kademlia protocol name: Shoal nodes form a DHT of their own.
 pub(super) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1.0.0");
@@ -52,11 +52,17 @@ pub(super) struct Behaviour {
 }
 
 impl Behaviour {
-    /// Pings every connected peer each `ping_interval` (see `ConnectionConfig`).
-    pub(super) fn new(keypair: &Keypair, provider_ttl: Duration, ping_interval: Duration) -> Self {
+    /// Pings every connected peer each `ping_interval` (see `ConnectionConfig`)
+    /// and refreshes the routing table each `table_refresh` (see `P2pConfig`).
+    pub(super) fn new(
+        keypair: &Keypair,
+        provider_ttl: Duration,
+        ping_interval: Duration,
+        table_refresh: Duration,
+    ) -> Self {
         let local = keypair.public().to_peer_id();
         let store = ProviderStore::new(local, MAX_STORED_KEYS);
-        let mut kad = kad::Behaviour::with_config(local, store, kad_config(provider_ttl));
+        let mut kad = kad::Behaviour::with_config(local, store, kad_config(provider_ttl, table_refresh));
         kad.set_mode(Some(kad::Mode::Server));
         let identify = identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), keypair.public()));
         let announce = request_response::Behaviour::new(
@@ -72,7 +78,7 @@ impl Behaviour {
     }
 }
 
-fn kad_config(provider_ttl: Duration) -> kad::Config {
+fn kad_config(provider_ttl: Duration, table_refresh: Duration) -> kad::Config {
     let mut config = kad::Config::new(KAD_PROTOCOL);
     config
         .set_provider_record_ttl(Some(provider_ttl))
@@ -80,7 +86,8 @@ fn kad_config(provider_ttl: Duration) -> kad::Config {
         .set_record_ttl(Some(provider_ttl))
         .set_publication_interval(None)
         .set_replication_interval(None)
-        .set_query_timeout(QUERY_TIMEOUT);
+        .set_query_timeout(QUERY_TIMEOUT)
+        .set_periodic_bootstrap_interval(Some(table_refresh.max(P2pConfig::MIN_TABLE_REFRESH)));
     if let Some(size) = std::num::NonZeroUsize::new(KBUCKET_SIZE) {
         config.set_kbucket_size(size);
     }

@@ -2,23 +2,33 @@
 //!
 //! A Kademlia provide is an iterative query per key (a dozen or more round
 //! trips) followed by one message per replica: thousands of keys cost
-//! thousands of queries. When this node knows the whole network — a
-//! bootstrap walk has completed, no routing-table bucket is full, and one
-//! query for the closest peers of one of the batch's keys found none the
-//! table lacks: the usual case in a cluster of up to about a hundred nodes —
-//! it computes each key's `K_VALUE` closest peers itself and sends every
-//! peer all of its records in one announcement (the idea of IPFS's
-//! accelerated "full routing table" client). Receivers store ordinary
-//! provider records, so lookups are plain Kademlia and find them.
-//! Otherwise the caller is told to fall back to one query per key. Right
-//! after start-up, batches wait (up to [`BOOTSTRAP_WAIT`]) for the first
-//! bootstrap walk, so a restarting node re-advertises in batches too.
+//! thousands of queries. Instead, this node works out each key's `K_VALUE`
+//! closest peers itself and sends every peer all of its records in one
+//! announcement (the idea of IPFS's accelerated client). Receivers store
+//! ordinary provider records, so lookups are plain Kademlia and find them.
 //!
-//! Owns: the batches in flight (and their table checks), the announcement
-//! requests they wait for, resending one whose connection closed under it,
-//! and storing the records peers announce to this node. Like a Kademlia
-//! provide, a batch succeeds once the local record is stored and every
-//! announcement was answered or failed: reaching fewer peers is not a failure.
+//! Where the closest peers come from:
+//! - **The routing table**, when it holds the whole network: a bootstrap
+//!   walk has completed, no bucket is full, and one query for the closest
+//!   peers of one of the batch's keys found none the table lacks (the usual
+//!   case up to about a hundred nodes).
+//! - **A sweep** otherwise (see `sweep` and `keyspace`): a map of the
+//!   keyspace built from closest-peers queries, shared by the batches of
+//!   the next minute, places every key it can; the others get a query each.
+//!   A large cluster thus costs about one query per 20 peers of the network
+//!   for a whole re-advertisement, instead of one per key.
+//!
+//! Right after start-up, batches wait (up to [`BOOTSTRAP_WAIT`]) for the
+//! first bootstrap walk, so a restarting node re-advertises in batches too;
+//! a node that never completes one is told to provide key by key.
+//!
+//! Owns: the batches in flight (table checks, sweeps and their queries, the
+//! network map), the announcement requests they wait for, resending one
+//! whose connection closed under it, and storing the records peers announce
+//! to this node. Like a Kademlia provide, a batch succeeds once the local
+//! record is stored and every announcement was answered or failed: reaching
+//! fewer peers is not a failure; a key whose closest peers were not found
+//! fails, and the advertiser tries it again.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -34,7 +44,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::announce::{Announcement, MAX_KEYS_PER_REQUEST, Stored};
-use super::behaviour::{Behaviour, KBUCKET_SIZE};
+use super::behaviour::{Behaviour, KBUCKET_SIZE, QUERY_TIMEOUT};
+use super::keyspace::NetworkMap;
+use super::sweep::{Sweep, point_of_peer, unplaced_error};
 use crate::oci::Key;
 use crate::routing::Error;
 
@@ -47,18 +59,32 @@ pub(super) const BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
 /// pending (a blackholed peer may hold a dial for minutes): like a Kademlia
 /// provide, reaching fewer peers is not a failure.
 pub(super) const BATCH_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a sweep may spend finding its keys' closest peers; keys still
+/// unplaced then fail, and the advertiser tries them again.
+pub(super) const SWEEP_DEADLINE: Duration = QUERY_TIMEOUT;
+/// Closest-peers queries one sweep keeps in flight.
+const SWEEP_QUERIES: usize = 16;
+/// How long the network map is trusted: peers come and go, and a map
+/// older than this starts afresh.
+const MAP_TTL: Duration = Duration::from_secs(60);
 
-/// How a batch ended.
-#[derive(Debug)]
-pub(super) enum BulkOutcome {
-    /// One result per key, in order.
-    Done(Vec<Result<(), Error>>),
-    /// This node does not know the whole network: provide key by key.
-    NeedQueries,
+/// What batched advertisement has done since the node started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BulkStats {
+    /// Batches announced from the routing table.
+    pub table_batches: u64,
+    /// Batches swept, the keys in them, and the closest-peers queries they
+    /// started (fewer than keys where the network map placed them).
+    pub sweeps: u64,
+    pub keys_swept: u64,
+    pub sweep_queries: u64,
 }
 
+/// Where a batch's results go: one per key, in order.
+pub(super) type Reply = oneshot::Sender<Vec<Result<(), Error>>>;
+
 struct Batch {
-    reply: oneshot::Sender<BulkOutcome>,
+    reply: Reply,
     results: Vec<Result<(), Error>>,
     outstanding: usize,
     deadline: Instant,
@@ -76,15 +102,22 @@ struct Sent {
 /// A batch whose routing table is being checked against the network.
 struct Checking {
     keys: Vec<Key>,
-    reply: oneshot::Sender<BulkOutcome>,
+    reply: Reply,
     /// The peers of the table when the batch started.
     known: HashSet<PeerId>,
+}
+
+/// A batch placing its keys through the network map (see `sweep`).
+struct Swept {
+    sweep: Sweep,
+    results: Vec<Result<(), Error>>,
+    reply: Reply,
 }
 
 /// A batch waiting for the first bootstrap walk.
 struct Waiting {
     keys: Vec<Key>,
-    reply: oneshot::Sender<BulkOutcome>,
+    reply: Reply,
 }
 
 /// Whether the routing table can be trusted to hold the network.
@@ -94,7 +127,7 @@ enum Bootstrap {
     Pending {
         until: Instant,
     },
-    /// Waited in vain: batches fall back to queries until a walk completes.
+    /// Waited in vain: batches are swept until a walk completes.
     GaveUp,
     Done,
 }
@@ -108,6 +141,13 @@ pub(super) struct Bulk {
     batches: HashMap<u64, Batch>,
     requests: HashMap<OutboundRequestId, Sent>,
     next_batch: u64,
+    /// The keyspace as queries have shown it, and since when.
+    map: NetworkMap,
+    map_since: Instant,
+    sweeps: HashMap<u64, Swept>,
+    /// A sweep's query: the batch, and the index of the key it is for.
+    sweep_queries: HashMap<QueryId, (u64, usize)>,
+    stats: BulkStats,
 }
 
 impl Bulk {
@@ -120,7 +160,16 @@ impl Bulk {
             batches: HashMap::new(),
             requests: HashMap::new(),
             next_batch: 0,
+            map: NetworkMap::new(K_VALUE.get()),
+            map_since: Instant::now(),
+            sweeps: HashMap::new(),
+            sweep_queries: HashMap::new(),
+            stats: BulkStats::default(),
         }
+    }
+
+    pub(super) fn stats(&self) -> BulkStats {
+        self.stats
     }
 
     /// A bootstrap walk completed: the routing table reflects the network.
@@ -137,42 +186,49 @@ impl Bulk {
 
     /// Gives up waiting for the first bootstrap once its time is over, and
     /// ends batches past their deadline.
-    pub(super) fn on_tick(&mut self, now: Instant) {
+    pub(super) fn on_tick(&mut self, swarm: &mut Swarm<Behaviour>, now: Instant) {
         if let Bootstrap::Pending { until } = self.bootstrap
             && now >= until
         {
             self.bootstrap = Bootstrap::GaveUp;
-            for Waiting { reply, .. } in std::mem::take(&mut self.waiting) {
-                let _ = reply.send(BulkOutcome::NeedQueries);
+            for Waiting { keys, reply } in std::mem::take(&mut self.waiting) {
+                self.sweep(swarm, keys, reply);
             }
         }
         let overdue: Vec<u64> = self.batches.iter().filter(|(_, b)| now >= b.deadline).map(|(id, _)| *id).collect();
         for id in overdue {
             if let Some(batch) = self.batches.remove(&id) {
                 tracing::debug!(unanswered = batch.outstanding, "batch deadline passed; some peers were not reached");
-                let _ = batch.reply.send(BulkOutcome::Done(batch.results));
+                let _ = batch.reply.send(batch.results);
             }
+        }
+        let overdue: Vec<u64> =
+            self.sweeps.iter().filter(|(_, s)| now >= s.sweep.deadline).map(|(id, _)| *id).collect();
+        for id in overdue {
+            tracing::debug!("sweep deadline passed; keys not placed yet fail");
+            self.finish_sweep(swarm, id);
         }
     }
 
-    /// Advertises `keys` in one batch if the routing table holds the whole
-    /// network, after checking that against the network itself (see
-    /// [`Bulk::on_checked`]); otherwise tells the caller to use queries.
-    pub(super) fn start(&mut self, swarm: &mut Swarm<Behaviour>, keys: Vec<Key>, reply: oneshot::Sender<BulkOutcome>) {
-        let peers = match self.bootstrap {
-            Bootstrap::Pending { .. } => {
-                self.waiting.push(Waiting { keys, reply });
-                return;
-            }
-            Bootstrap::GaveUp => None,
-            Bootstrap::Done => whole_network(swarm),
-        };
-        let Some(peers) = peers else {
-            let _ = reply.send(BulkOutcome::NeedQueries);
+    /// Advertises `keys` in one batch: from the routing table if it holds
+    /// the whole network, after checking that against the network itself
+    /// (see [`Bulk::on_checked`]); otherwise, or before any bootstrap walk
+    /// completed, by a sweep.
+    pub(super) fn start(&mut self, swarm: &mut Swarm<Behaviour>, keys: Vec<Key>, reply: Reply) {
+        if let Bootstrap::Pending { .. } = self.bootstrap {
+            self.waiting.push(Waiting { keys, reply });
+            return;
+        }
+        let Some(sample) = keys.first() else {
+            let _ = reply.send(Vec::new());
             return;
         };
-        let Some(sample) = keys.first() else {
-            let _ = reply.send(BulkOutcome::Done(Vec::new()));
+        let table = match self.bootstrap {
+            Bootstrap::Done => whole_network(swarm),
+            Bootstrap::Pending { .. } | Bootstrap::GaveUp => None,
+        };
+        let Some(peers) = table else {
+            self.sweep(swarm, keys, reply);
             return;
         };
         let known = peers.iter().map(|p| *p.preimage()).collect();
@@ -185,9 +241,9 @@ impl Bulk {
     /// records it placed by that table would sit where no lookup looks.
     /// So each batch first asks the network for the closest peers of one of
     /// its keys: if the table held all of them, the batch is announced from
-    /// it; if not, the caller provides key by key (and the table, which the
-    /// query just taught, is checked again by the next batch).
-    pub(super) fn on_checked(&mut self, swarm: &mut Swarm<Behaviour>, query: QueryId, outcome: GetClosestPeersResult) {
+    /// it; if not, the batch is swept (and the table, which the query just
+    /// taught, is checked again by the next batch).
+    fn on_checked(&mut self, swarm: &mut Swarm<Behaviour>, query: QueryId, outcome: GetClosestPeersResult) {
         let Some(Checking { keys, reply, known }) = self.checking.remove(&query) else { return };
         let (found, complete) = match outcome {
             Ok(GetClosestPeersOk { peers, .. }) => (peers, true),
@@ -200,48 +256,131 @@ impl Bulk {
         };
         let missing = found.iter().filter(|p| !known.contains(&p.peer_id)).count();
         match whole_network(swarm) {
-            Some(peers) if complete && missing == 0 => self.announce(swarm, &peers, keys, reply),
+            Some(peers) if complete && missing == 0 => {
+                self.stats.table_batches += 1;
+                self.announce(swarm, &peers, keys, reply);
+            }
             _ => {
-                tracing::debug!(
-                    missing,
-                    complete,
-                    known = known.len(),
-                    "routing table not confirmed: advertising key by key"
-                );
-                let _ = reply.send(BulkOutcome::NeedQueries);
+                tracing::debug!(missing, complete, known = known.len(), "routing table not confirmed: sweeping");
+                self.sweep(swarm, keys, reply);
             }
         }
     }
 
-    /// Whether `query` checks a batch's routing table.
-    pub(super) fn is_check(&self, query: &QueryId) -> bool {
-        self.checking.contains_key(query)
+    /// Whether `query` is one of this module's closest-peers queries.
+    pub(super) fn owns_query(&self, query: &QueryId) -> bool {
+        self.checking.contains_key(query) || self.sweep_queries.contains_key(query)
+    }
+
+    /// A closest-peers query of this module ended.
+    pub(super) fn on_closest_peers(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        query: QueryId,
+        outcome: GetClosestPeersResult,
+    ) {
+        if self.checking.contains_key(&query) {
+            self.on_checked(swarm, query, outcome);
+        } else {
+            self.on_swept(swarm, query, outcome);
+        }
+    }
+
+    /// Starts a sweep of `keys`: stores their local records, places what the
+    /// network map already can, and queries for the rest.
+    fn sweep(&mut self, swarm: &mut Swarm<Behaviour>, keys: Vec<Key>, reply: Reply) {
+        if self.map_since.elapsed() >= MAP_TTL {
+            self.map = NetworkMap::new(K_VALUE.get());
+            self.map_since = Instant::now();
+        }
+        let results = store_local(swarm, &keys);
+        let refused: Vec<bool> = results.iter().map(Result::is_err).collect();
+        let sweep = Sweep::new(keys, &refused, &self.map, Instant::now() + SWEEP_DEADLINE);
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.stats.sweeps += 1;
+        self.sweeps.insert(id, Swept { sweep, results, reply });
+        self.continue_sweep(swarm, id);
+    }
+
+    /// Starts queries for sweep `id` up to its limit, or finishes it.
+    fn continue_sweep(&mut self, swarm: &mut Swarm<Behaviour>, id: u64) {
+        let Some(swept) = self.sweeps.get_mut(&id) else { return };
+        while swept.sweep.in_flight < SWEEP_QUERIES {
+            let Some((i, key)) = swept.sweep.next_query(&self.map) else { break };
+            let query = swarm.behaviour_mut().kad.get_closest_peers(record_key(&key).to_vec());
+            self.stats.sweep_queries += 1;
+            self.sweep_queries.insert(query, (id, i));
+        }
+        if swept.sweep.is_done() {
+            self.finish_sweep(swarm, id);
+        }
+    }
+
+    /// A sweep's query ended: the map learns from it, its key is placed on
+    /// the peers found (or fails), and every sweep places what it now can.
+    fn on_swept(&mut self, swarm: &mut Swarm<Behaviour>, query: QueryId, outcome: GetClosestPeersResult) {
+        let Some((id, i)) = self.sweep_queries.remove(&query) else { return };
+        let (peers, complete) = match outcome {
+            Ok(GetClosestPeersOk { peers, .. }) => (peers, true),
+            Err(GetClosestPeersError::Timeout { peers, .. }) => (peers, false),
+        };
+        let found: Vec<_> = peers.iter().map(|p| (point_of_peer(&p.peer_id), p.peer_id)).collect();
+        let target = self.sweeps.get(&id).and_then(|s| s.sweep.point(i)).copied();
+        // Fewer answers than replicas claim the whole network: trusted only
+        // if the routing table holds no more peers than that (a query run
+        // before the table filled up says little).
+        let whole = found.len() >= K_VALUE.get() || found.len() >= table_size(swarm);
+        match target {
+            Some(target) if complete && whole && !found.is_empty() => self.map.learn_closest(&target, &found),
+            _ => self.map.learn_peers(found.iter().copied()),
+        }
+        if let Some(swept) = self.sweeps.get_mut(&id) {
+            swept.sweep.queried(i, complete.then(|| peers.iter().map(|p| p.peer_id).collect()));
+        }
+        if let Some(interval) = target.and_then(|t| self.map.covering(&t)) {
+            for swept in self.sweeps.values_mut() {
+                swept.sweep.place_known(&self.map, interval);
+            }
+        }
+        self.continue_sweep(swarm, id);
+    }
+
+    /// Ends sweep `id`: keys not placed fail, the rest are announced.
+    fn finish_sweep(&mut self, swarm: &mut Swarm<Behaviour>, id: u64) {
+        let Some(Swept { sweep, mut results, reply }) = self.sweeps.remove(&id) else { return };
+        self.sweep_queries.retain(|_, (batch, _)| *batch != id);
+        let keys: Vec<Key> = (0..results.len()).filter_map(|i| sweep.key(i).cloned()).collect();
+        let (per_peer, unplaced) = sweep.finish();
+        self.stats.keys_swept += keys.len() as u64;
+        for i in unplaced {
+            if let (Some(result), Some(key)) = (results.get_mut(i), keys.get(i)) {
+                *result = Err(unplaced_error(key));
+            }
+        }
+        tracing::debug!(keys = keys.len(), peers = per_peer.len(), map = self.map.len(), "sweep placed its keys");
+        self.send_batch(swarm, per_peer, results, reply);
     }
 
     /// Stores the local records of `keys` and announces them to their closest peers.
-    fn announce(
-        &mut self,
-        swarm: &mut Swarm<Behaviour>,
-        peers: &[KBucketKey<PeerId>],
-        keys: Vec<Key>,
-        reply: oneshot::Sender<BulkOutcome>,
-    ) {
-        let local = *swarm.local_peer_id();
-        let addrs: Vec<Multiaddr> = swarm.external_addresses().cloned().collect();
-        let store = swarm.behaviour_mut().kad.store_mut();
-        let results: Vec<Result<(), Error>> = keys
-            .iter()
-            .map(|key| {
-                let record = ProviderRecord::new(record_key(key), local, addrs.clone());
-                store.add_provider(record).map_err(|e| Error::Provide {
-                    key: key.clone(),
-                    reason: format!("the local record store refused: {e}"),
-                })
-            })
-            .collect();
+    fn announce(&mut self, swarm: &mut Swarm<Behaviour>, peers: &[KBucketKey<PeerId>], keys: Vec<Key>, reply: Reply) {
+        let results = store_local(swarm, &keys);
         let stored = keys.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(k, _)| k);
         let per_peer = closest_peers(peers, stored);
-        let announced_addrs: Vec<String> = addrs.iter().take(MAX_ANNOUNCED_ADDRS).map(ToString::to_string).collect();
+        self.send_batch(swarm, per_peer, results, reply);
+    }
+
+    /// Sends every peer its keys; the batch is done once each announcement
+    /// was answered or failed, or at its deadline.
+    fn send_batch(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        per_peer: HashMap<PeerId, Vec<String>>,
+        results: Vec<Result<(), Error>>,
+        reply: Reply,
+    ) {
+        let announced_addrs: Vec<String> =
+            swarm.external_addresses().take(MAX_ANNOUNCED_ADDRS).map(ToString::to_string).collect();
 
         let id = self.next_batch;
         self.next_batch += 1;
@@ -255,7 +394,7 @@ impl Bulk {
         }
         let batch = Batch { reply, results, outstanding, deadline: Instant::now() + BATCH_DEADLINE };
         if outstanding == 0 {
-            let _ = batch.reply.send(BulkOutcome::Done(batch.results));
+            let _ = batch.reply.send(batch.results);
         } else {
             self.batches.insert(id, batch);
         }
@@ -314,7 +453,7 @@ impl Bulk {
         if batch.outstanding == 0
             && let Some(batch) = self.batches.remove(&id)
         {
-            let _ = batch.reply.send(BulkOutcome::Done(batch.results));
+            let _ = batch.reply.send(batch.results);
         }
     }
 
@@ -348,6 +487,22 @@ impl Bulk {
     }
 }
 
+/// Stores this node's own record of each key; one result per key.
+fn store_local(swarm: &mut Swarm<Behaviour>, keys: &[Key]) -> Vec<Result<(), Error>> {
+    let local = *swarm.local_peer_id();
+    let addrs: Vec<Multiaddr> = swarm.external_addresses().cloned().collect();
+    let store = swarm.behaviour_mut().kad.store_mut();
+    keys.iter()
+        .map(|key| {
+            let record = ProviderRecord::new(record_key(key), local, addrs.clone());
+            store.add_provider(record).map_err(|e| Error::Provide {
+                key: key.clone(),
+                reason: format!("the local record store refused: {e}"),
+            })
+        })
+        .collect()
+}
+
 /// Every peer of the routing table, if the table holds the whole network as
 /// far as this node can tell: no bucket full, no candidate waiting for room.
 fn whole_network(swarm: &mut Swarm<Behaviour>) -> Option<Vec<KBucketKey<PeerId>>> {
@@ -359,6 +514,11 @@ fn whole_network(swarm: &mut Swarm<Behaviour>) -> Option<Vec<KBucketKey<PeerId>>
         peers.extend(bucket.iter().map(|entry| *entry.node.key));
     }
     Some(peers)
+}
+
+/// How many peers the routing table holds.
+fn table_size(swarm: &mut Swarm<Behaviour>) -> usize {
+    swarm.behaviour_mut().kad.kbuckets().map(|bucket| bucket.num_entries()).sum()
 }
 
 /// For each key, its `K_VALUE` closest peers; grouped by peer.

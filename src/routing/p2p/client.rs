@@ -19,7 +19,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::behaviour::QUERY_TIMEOUT;
 use super::bootstrap::Target;
-use super::bulk::{BATCH_DEADLINE, BOOTSTRAP_WAIT, BulkOutcome};
+use super::bulk::{self, BATCH_DEADLINE, BOOTSTRAP_WAIT, BulkStats, SWEEP_DEADLINE};
 use super::known::KnownPeer;
 use super::peer_ips::PeerIps;
 use super::store::StoreStats;
@@ -31,11 +31,13 @@ pub(super) const COMMAND_CAPACITY: usize = 1024;
 /// How long a provide may wait for its query: the query's own limit plus slack.
 const PROVIDE_TIMEOUT: Duration = QUERY_TIMEOUT.saturating_add(Duration::from_secs(15));
 /// How long a batch may take: the wait for the first bootstrap walk, the
-/// routing-table check (a query) and the announcements' deadline, plus slack.
-const PROVIDE_MANY_TIMEOUT: Duration =
-    BOOTSTRAP_WAIT.saturating_add(QUERY_TIMEOUT).saturating_add(BATCH_DEADLINE).saturating_add(Duration::from_secs(15));
-/// Key-by-key provides in flight for one batch when batching is not possible.
-const QUERIES_PER_BATCH: usize = 16;
+/// routing-table check (a query), a sweep and the announcements' deadline,
+/// plus slack.
+const PROVIDE_MANY_TIMEOUT: Duration = BOOTSTRAP_WAIT
+    .saturating_add(QUERY_TIMEOUT)
+    .saturating_add(SWEEP_DEADLINE)
+    .saturating_add(BATCH_DEADLINE)
+    .saturating_add(Duration::from_secs(15));
 /// Commands that only touch local state answer well within this.
 const LOCAL_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,10 +47,10 @@ pub(super) enum Command {
         key: Key,
         reply: oneshot::Sender<Result<(), Error>>,
     },
-    /// Provide several keys in one batch, if the whole network is known.
+    /// Provide several keys in one batch.
     ProvideMany {
         keys: Vec<Key>,
-        reply: oneshot::Sender<BulkOutcome>,
+        reply: bulk::Reply,
     },
     Withdraw {
         key: Key,
@@ -97,6 +99,7 @@ pub struct RouterStats {
     pub lookup_requests: u64,
     /// The most requests one of those queries sent.
     pub lookup_max_requests: u32,
+    pub bulk: BulkStats,
 }
 
 impl RouterStats {
@@ -280,19 +283,12 @@ impl Router for P2pRouter {
         self.request(|reply| Command::Provide { key, reply }, PROVIDE_TIMEOUT).await?
     }
 
-    /// One announcement per peer when the whole network is known (see
-    /// `bulk`); otherwise one Kademlia query per key, a few at a time.
+    /// One announcement per peer, the keys' closest peers found from the
+    /// routing table or by a sweep (see `bulk`).
     async fn provide_many(&self, keys: &[Key]) -> Vec<Result<(), Error>> {
         let batch = keys.to_vec();
         match self.request(|reply| Command::ProvideMany { keys: batch, reply }, PROVIDE_MANY_TIMEOUT).await {
-            Ok(BulkOutcome::Done(results)) => results,
-            Ok(BulkOutcome::NeedQueries) => {
-                let one_by_one = stream::iter(keys.to_vec()).map(|key| {
-                    let router = self.clone();
-                    async move { router.provide(&key).await }
-                });
-                one_by_one.buffered(QUERIES_PER_BATCH).collect().await
-            }
+            Ok(results) => results,
             Err(error) => vec![Err(error); keys.len()],
         }
     }

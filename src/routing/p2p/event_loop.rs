@@ -104,7 +104,7 @@ impl EventLoop {
             }
             self.end_lookups();
             let now = Instant::now();
-            self.bulk.on_tick(now);
+            self.bulk.on_tick(&mut self.swarm, now);
             self.shunned.expire(&mut self.swarm, now);
         }
         // Dropping the pending replies tells waiting callers the router is gone.
@@ -133,7 +133,8 @@ impl EventLoop {
             Command::Unresponsive { peer } => self.shun(peer, "the mirror found it unresponsive"),
             Command::Recovered { peer } => self.redial(peer),
             Command::Stats { reply } => {
-                let stats = RouterStats { store: self.kad().store_mut().stats(), ..self.stats };
+                let stats =
+                    RouterStats { store: self.kad().store_mut().stats(), bulk: self.bulk.stats(), ..self.stats };
                 let _ = reply.send(stats);
             }
         }
@@ -410,8 +411,8 @@ impl EventLoop {
             kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining: 0, .. })) => {
                 self.bulk.set_bootstrapped(&mut self.swarm);
             }
-            kad::QueryResult::GetClosestPeers(outcome) if self.bulk.is_check(&id) => {
-                self.bulk.on_checked(&mut self.swarm, id, outcome);
+            kad::QueryResult::GetClosestPeers(outcome) if self.bulk.owns_query(&id) => {
+                self.bulk.on_closest_peers(&mut self.swarm, id, outcome);
             }
             other => tracing::debug!(result = ?other, "kademlia query progressed"),
         }

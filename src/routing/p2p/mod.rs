@@ -9,7 +9,9 @@
 //! # Layout
 //! - [`identity`]: the ed25519 keypair and the node's name.
 //! - `behaviour`: the protocols (Kademlia, announce, identify, ping) and their settings.
-//! - `bulk` and `announce`: batched advertisement when the whole network is known.
+//! - `bulk` and `announce`: batched advertisement, one message per peer.
+//! - `sweep` and `keyspace`: placing a batch's keys in a network larger
+//!   than the routing table, from a map of the keyspace built by queries.
 //! - `event_loop`: the one task that owns the swarm.
 //! - `client`: [`P2pRouter`], the cloneable handle that sends it commands.
 //! - `lookups`: provider lookups in flight and when each ends.
@@ -17,7 +19,6 @@
 //! - `bootstrap`: bootstrap peers, DNS, and the reconnect schedule.
 //! - `known`: the routing table's peers for the peer store, and re-dialling them.
 //! - `shun`: peers taken out of routing (and blocked) while they do not answer.
-//! - `transport`: TCP + noise + yamux, dialling from fresh ports.
 //! - [`swarm_key`]: the optional pre-shared key of a private network.
 //! - `peer_ips`: the IP addresses of connected peers, for access control.
 //! - `store`: the provider records kept per key, and their counts.
@@ -32,12 +33,14 @@ mod bulk;
 mod client;
 mod event_loop;
 mod identity;
+mod keyspace;
 mod known;
 mod lookups;
 mod peer_ips;
 mod shun;
 mod store;
 pub mod swarm_key;
+mod sweep;
 mod transport;
 
 use std::net::SocketAddr;
@@ -50,6 +53,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use bootstrap::{BootstrapPeer, BootstrapPeerError};
+pub use bulk::BulkStats;
 pub use client::{P2pRouter, RouterStats};
 pub use identity::Identity;
 pub use known::KnownPeer;
@@ -84,6 +88,10 @@ pub struct P2pConfig {
     pub swarm_key: Option<SwarmKey>,
     pub transport: TransportKind,
     pub connections: ConnectionConfig,
+    /// How often a bootstrap walk refreshes the routing table (a dozen
+    /// closest-peers queries). A simulation of many nodes in one process
+    /// lengthens it: there every node's walks share one machine's CPU.
+    pub table_refresh: Duration,
 }
 
 /// How connections to peers are watched and kept.
@@ -128,6 +136,9 @@ pub enum TransportKind {
 impl P2pConfig {
     pub const DEFAULT_PROVIDER_TTL: Duration = Duration::from_secs(10 * 60);
     pub const DEFAULT_RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+    pub const DEFAULT_TABLE_REFRESH: Duration = Duration::from_secs(5 * 60);
+    /// A walk takes seconds: refreshing more often than this only adds load.
+    pub const MIN_TABLE_REFRESH: Duration = Duration::from_secs(10);
 
     /// A node with default timings and no bootstrap peers (a single node).
     pub fn new(listen: SocketAddr, registry_port: u16, identity: Identity) -> Self {
@@ -142,6 +153,7 @@ impl P2pConfig {
             swarm_key: None,
             transport: TransportKind::Tcp,
             connections: ConnectionConfig::default(),
+            table_refresh: Self::DEFAULT_TABLE_REFRESH,
         }
     }
 }
@@ -205,6 +217,7 @@ fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, Error> {
     let swarm_key = config.swarm_key;
     let kind = config.transport;
     let connections = config.connections;
+    let table_refresh = config.table_refresh;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.identity.keypair().clone())
         .with_tokio()
         .with_other_transport(move |keypair| match kind {
@@ -212,7 +225,7 @@ fn build_swarm(config: &P2pConfig) -> Result<Swarm<Behaviour>, Error> {
             TransportKind::Memory => transport::build_memory(keypair),
         })
         .map_err(|e| Error::Transport(e.to_string()))?
-        .with_behaviour(|key| Behaviour::new(key, provider_ttl, connections.ping_interval))
+        .with_behaviour(|key| Behaviour::new(key, provider_ttl, connections.ping_interval, table_refresh))
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(connections.idle_timeout.max(ConnectionConfig::MIN_IDLE_TIMEOUT))
