@@ -158,6 +158,7 @@ pub async fn start(config: RunConfig, token: CancellationToken, tracker: TaskTra
         transport: TransportKind::Tcp,
         connections: config.connections,
         table_refresh: P2pConfig::DEFAULT_TABLE_REFRESH,
+        place_from_table: true,
     };
     let p2p_router = p2p::start(p2p_config, token.clone(), &tracker).await?;
     let name = p2p_router.local_name().to_string();

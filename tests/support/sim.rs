@@ -58,6 +58,9 @@ pub struct SimConfig {
     pub connections: ConnectionConfig,
     /// How often each node refreshes its routing table (`SIM_TABLE_REFRESH`).
     pub table_refresh: Duration,
+    /// Whether batches may be placed from a routing table that holds the
+    /// whole network (false: every batch is a sweep).
+    pub place_from_table: bool,
     /// Nodes advertising at once: one process does every node's work, so a
     /// large cluster needs fewer at once than a real one would.
     pub advertising_at_once: usize,
@@ -93,6 +96,7 @@ impl SimConfig {
             resolve_timeout: P2pConfig::DEFAULT_RESOLVE_TIMEOUT,
             connections: SIM_CONNECTIONS,
             table_refresh: SIM_TABLE_REFRESH,
+            place_from_table: true,
             advertising_at_once: 32,
             progress: false,
         }
@@ -147,6 +151,7 @@ impl Cluster {
             p2p_config.resolve_timeout = config.resolve_timeout;
             p2p_config.connections = config.connections;
             p2p_config.table_refresh = config.table_refresh;
+            p2p_config.place_from_table = config.place_from_table;
             let mut seeds = vec![0, n / 2, n.saturating_sub(1)];
             seeds.dedup();
             for seed in seeds.into_iter().filter(|s| *s < n) {

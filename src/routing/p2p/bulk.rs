@@ -135,6 +135,8 @@ enum Bootstrap {
 /// Batches in flight, and the settings receivers need.
 pub(super) struct Bulk {
     provider_ttl: Duration,
+    /// Whether batches may be placed from the routing table (see `P2pConfig`).
+    place_from_table: bool,
     bootstrap: Bootstrap,
     waiting: Vec<Waiting>,
     checking: HashMap<QueryId, Checking>,
@@ -151,9 +153,10 @@ pub(super) struct Bulk {
 }
 
 impl Bulk {
-    pub(super) fn new(provider_ttl: Duration) -> Self {
+    pub(super) fn new(provider_ttl: Duration, place_from_table: bool) -> Self {
         Self {
             provider_ttl,
+            place_from_table,
             bootstrap: Bootstrap::Pending { until: Instant::now() + BOOTSTRAP_WAIT },
             waiting: Vec::new(),
             checking: HashMap::new(),
@@ -224,8 +227,8 @@ impl Bulk {
             return;
         };
         let table = match self.bootstrap {
-            Bootstrap::Done => whole_network(swarm),
-            Bootstrap::Pending { .. } | Bootstrap::GaveUp => None,
+            Bootstrap::Done if self.place_from_table => whole_network(swarm),
+            Bootstrap::Done | Bootstrap::Pending { .. } | Bootstrap::GaveUp => None,
         };
         let Some(peers) = table else {
             self.sweep(swarm, keys, reply);

@@ -92,6 +92,10 @@ pub struct P2pConfig {
     /// closest-peers queries). A simulation of many nodes in one process
     /// lengthens it: there every node's walks share one machine's CPU.
     pub table_refresh: Duration,
+    /// Whether a batch may be placed from the routing table when the table
+    /// holds the whole network (see `bulk`). Always true on a real node;
+    /// tests and simulations turn it off to make every batch a sweep.
+    pub place_from_table: bool,
 }
 
 /// How connections to peers are watched and kept.
@@ -154,6 +158,7 @@ impl P2pConfig {
             transport: TransportKind::Tcp,
             connections: ConnectionConfig::default(),
             table_refresh: Self::DEFAULT_TABLE_REFRESH,
+            place_from_table: true,
         }
     }
 }
@@ -196,7 +201,7 @@ pub async fn start(config: P2pConfig, token: CancellationToken, tracker: &TaskTr
     }
     tracing::info!(name = %router.local_name(), listen = %config.listen, "starting p2p router");
 
-    let bulk = Bulk::new(config.provider_ttl);
+    let bulk = Bulk::new(config.provider_ttl, config.place_from_table);
     let event_loop =
         EventLoop::new(swarm, inbox, shared.clone(), book, bulk).connecting_to_providers(config.swarm_key.is_some());
     tracker.spawn(event_loop.run(token.clone()));
