@@ -15,12 +15,14 @@
 //! - **A sweep** otherwise (see `sweep` and `keyspace`): a map of the
 //!   keyspace built from closest-peers queries, shared by the batches of
 //!   the next minute, places every key it can; the others get a query each.
-//!   A large cluster thus costs about one query per 20 peers of the network
-//!   for a whole re-advertisement, instead of one per key.
+//!   A large cluster thus costs a few queries per 20 peers of the network
+//!   for a whole re-advertisement, instead of one per key. Most peers a
+//!   sweep reaches are in no routing table: they are dialled at the
+//!   addresses their query returned.
 //!
 //! Right after start-up, batches wait (up to [`BOOTSTRAP_WAIT`]) for the
-//! first bootstrap walk, so a restarting node re-advertises in batches too;
-//! a node that never completes one is told to provide key by key.
+//! first bootstrap walk, so that a small cluster's batches come from the
+//! table; a node that completes none sweeps.
 //!
 //! Owns: the batches in flight (table checks, sweeps and their queries, the
 //! network map), the announcement requests they wait for, resending one
@@ -46,14 +48,14 @@ use tokio::time::Instant;
 use super::announce::{Announcement, MAX_KEYS_PER_REQUEST, Stored};
 use super::behaviour::{Behaviour, KBUCKET_SIZE, QUERY_TIMEOUT};
 use super::keyspace::NetworkMap;
-use super::sweep::{Sweep, point_of_peer, unplaced_error};
+use super::sweep::{Announce, Contact, Map, Sweep, point_of_peer, unplaced_error};
 use crate::oci::Key;
 use crate::routing::Error;
 
 /// Most addresses a peer may announce with its keys.
 const MAX_ANNOUNCED_ADDRS: usize = 8;
-/// How long a batch waits for the first bootstrap walk before falling back
-/// to one query per key (a node alone never completes one).
+/// How long a batch waits for the first bootstrap walk before it is swept
+/// instead (a node alone never completes one).
 pub(super) const BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
 /// A batch is done after this long even if some announcements are still
 /// pending (a blackholed peer may hold a dial for minutes): like a Kademlia
@@ -64,8 +66,9 @@ pub(super) const BATCH_DEADLINE: Duration = Duration::from_secs(15);
 pub(super) const SWEEP_DEADLINE: Duration = QUERY_TIMEOUT;
 /// Closest-peers queries one sweep keeps in flight.
 const SWEEP_QUERIES: usize = 16;
-/// How long the network map is trusted: peers come and go, and a map
-/// older than this starts afresh.
+/// How long the network map is trusted: peers come and go, so the first
+/// sweep that starts after this starts a fresh map (keys that sweeps
+/// already placed stay placed; the rest are placed by the fresh map).
 const MAP_TTL: Duration = Duration::from_secs(60);
 
 /// What batched advertisement has done since the node started.
@@ -94,6 +97,8 @@ struct Batch {
 struct Sent {
     batch: u64,
     peer: PeerId,
+    /// Where to dial the peer if it is not connected (empty: the swarm knows).
+    addrs: Vec<Multiaddr>,
     announcement: Announcement,
     /// Whether this is already the resend.
     resent: bool,
@@ -144,7 +149,7 @@ pub(super) struct Bulk {
     requests: HashMap<OutboundRequestId, Sent>,
     next_batch: u64,
     /// The keyspace as queries have shown it, and since when.
-    map: NetworkMap,
+    map: Map,
     map_since: Instant,
     sweeps: HashMap<u64, Swept>,
     /// A sweep's query: the batch, and the index of the key it is for.
@@ -328,7 +333,10 @@ impl Bulk {
             Ok(GetClosestPeersOk { peers, .. }) => (peers, true),
             Err(GetClosestPeersError::Timeout { peers, .. }) => (peers, false),
         };
-        let found: Vec<_> = peers.iter().map(|p| (point_of_peer(&p.peer_id), p.peer_id)).collect();
+        let found: Vec<(_, Contact)> = peers
+            .into_iter()
+            .map(|p| (point_of_peer(&p.peer_id), Contact { peer: p.peer_id, addrs: p.addrs }))
+            .collect();
         let target = self.sweeps.get(&id).and_then(|s| s.sweep.point(i)).copied();
         // Fewer answers than replicas claim the whole network: trusted only
         // if the routing table holds no more peers than that (a query run
@@ -336,10 +344,10 @@ impl Bulk {
         let whole = found.len() >= K_VALUE.get() || found.len() >= table_size(swarm);
         match target {
             Some(target) if complete && whole && !found.is_empty() => self.map.learn_closest(&target, &found),
-            _ => self.map.learn_peers(found.iter().copied()),
+            _ => self.map.learn_peers(found.iter().cloned()),
         }
         if let Some(swept) = self.sweeps.get_mut(&id) {
-            swept.sweep.queried(i, complete.then(|| peers.iter().map(|p| p.peer_id).collect()));
+            swept.sweep.queried(i, complete.then(|| found.into_iter().map(|(_, contact)| contact).collect()));
         }
         if let Some(interval) = target.and_then(|t| self.map.covering(&t)) {
             for swept in self.sweeps.values_mut() {
@@ -352,7 +360,16 @@ impl Bulk {
     /// Ends sweep `id`: keys not placed fail, the rest are announced.
     fn finish_sweep(&mut self, swarm: &mut Swarm<Behaviour>, id: u64) {
         let Some(Swept { sweep, mut results, reply }) = self.sweeps.remove(&id) else { return };
-        self.sweep_queries.retain(|_, (batch, _)| *batch != id);
+        // Its queries still running serve no one now: stop them.
+        let kad = &mut swarm.behaviour_mut().kad;
+        self.sweep_queries.retain(|query, (batch, _)| {
+            if *batch == id
+                && let Some(mut running) = kad.query_mut(query)
+            {
+                running.finish();
+            }
+            *batch != id
+        });
         let keys: Vec<Key> = (0..results.len()).filter_map(|i| sweep.key(i).cloned()).collect();
         let (per_peer, unplaced) = sweep.finish();
         self.stats.keys_swept += keys.len() as u64;
@@ -369,7 +386,10 @@ impl Bulk {
     fn announce(&mut self, swarm: &mut Swarm<Behaviour>, peers: &[KBucketKey<PeerId>], keys: Vec<Key>, reply: Reply) {
         let results = store_local(swarm, &keys);
         let stored = keys.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(k, _)| k);
-        let per_peer = closest_peers(peers, stored);
+        let per_peer = closest_peers(peers, stored)
+            .into_iter()
+            .map(|(peer, keys)| (peer, Announce { addrs: Vec::new(), keys }))
+            .collect();
         self.send_batch(swarm, per_peer, results, reply);
     }
 
@@ -378,7 +398,7 @@ impl Bulk {
     fn send_batch(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
-        per_peer: HashMap<PeerId, Vec<String>>,
+        per_peer: HashMap<PeerId, Announce>,
         results: Vec<Result<(), Error>>,
         reply: Reply,
     ) {
@@ -388,10 +408,11 @@ impl Bulk {
         let id = self.next_batch;
         self.next_batch += 1;
         let mut outstanding = 0;
-        for (peer, keys) in per_peer {
+        for (peer, Announce { addrs, keys }) in per_peer {
             for chunk in keys.chunks(MAX_KEYS_PER_REQUEST) {
                 let announcement = Announcement { keys: chunk.to_vec(), addrs: announced_addrs.clone() };
-                self.send(swarm, Sent { batch: id, peer, announcement, resent: false });
+                let addrs = addrs.clone();
+                self.send(swarm, Sent { batch: id, peer, addrs, announcement, resent: false });
                 outstanding += 1;
             }
         }
@@ -445,7 +466,8 @@ impl Bulk {
     /// connection closing just as the request was queued on it, or a peer
     /// restarting) gets it sent once more, over a new connection.
     fn send(&mut self, swarm: &mut Swarm<Behaviour>, sent: Sent) {
-        let request = swarm.behaviour_mut().announce.send_request(&sent.peer, sent.announcement.clone());
+        let (announcement, addrs) = (sent.announcement.clone(), sent.addrs.clone());
+        let request = swarm.behaviour_mut().announce.send_request_with_addresses(&sent.peer, announcement, addrs);
         self.requests.insert(request, sent);
     }
 

@@ -15,30 +15,30 @@
 //! are known, so the key's closest peers are exactly the closest of them.
 //! Nothing else is guessed: a key that is not placed needs its own query.
 //!
-//! Owns: the peers learnt and the covered intervals. Pure data: no I/O, no
-//! clock, no libp2p types beyond `PeerId`. The local node is never one of
-//! the peers (queries do not return it), as in a Kademlia provide.
+//! Owns: the peers learnt (each with whatever the caller keeps of it: its
+//! id and addresses) and the covered intervals. Pure data: no I/O, no
+//! clock. The local node is never one of the peers (queries do not return
+//! it), as in a Kademlia provide.
 
 use std::collections::BTreeMap;
-
-use libp2p::PeerId;
 
 /// A point of the keyspace: a SHA-256 hash, compared as a big-endian number.
 pub(super) type Point = [u8; 32];
 
 const BITS: usize = 256;
 
-/// The peers learnt, and the intervals whose peers are all known.
+/// The peers learnt (`P`: what is kept of each), and the intervals whose
+/// peers are all known.
 #[derive(Debug)]
-pub(super) struct NetworkMap {
+pub(super) struct NetworkMap<P> {
     /// How many closest peers a key is placed on.
     replicas: usize,
-    peers: BTreeMap<Point, PeerId>,
+    peers: BTreeMap<Point, P>,
     /// Disjoint, non-adjacent inclusive intervals: start → end.
     covered: BTreeMap<Point, Point>,
 }
 
-impl NetworkMap {
+impl<P: Clone> NetworkMap<P> {
     pub(super) fn new(replicas: usize) -> Self {
         Self { replicas: replicas.max(1), peers: BTreeMap::new(), covered: BTreeMap::new() }
     }
@@ -50,7 +50,7 @@ impl NetworkMap {
 
     /// Learns peers that answered a query, without claiming that they are
     /// all there is (a query that timed out).
-    pub(super) fn learn_peers(&mut self, peers: impl IntoIterator<Item = (Point, PeerId)>) {
+    pub(super) fn learn_peers(&mut self, peers: impl IntoIterator<Item = (Point, P)>) {
         self.peers.extend(peers);
     }
 
@@ -59,11 +59,11 @@ impl NetworkMap {
     /// to `target` than the farthest of them exists. A result with fewer
     /// than `replicas` peers found everyone: the whole keyspace is covered
     /// (the caller makes sure of that); an empty one says nothing.
-    pub(super) fn learn_closest(&mut self, target: &Point, closest: &[(Point, PeerId)]) {
+    pub(super) fn learn_closest(&mut self, target: &Point, closest: &[(Point, P)]) {
         if closest.is_empty() {
             return;
         }
-        self.learn_peers(closest.iter().copied());
+        self.learn_peers(closest.iter().cloned());
         let (start, end) = if closest.len() < self.replicas {
             ([0; 32], [u8::MAX; 32])
         } else {
@@ -76,17 +76,17 @@ impl NetworkMap {
     /// The `replicas` closest known peers of `point`, if they are certainly
     /// its closest peers in the network (see the module doc); `None` if
     /// the map cannot tell yet.
-    pub(super) fn closest(&self, point: &Point) -> Option<Vec<PeerId>> {
+    pub(super) fn closest(&self, point: &Point) -> Option<Vec<P>> {
         let (start, end) = self.smallest_full_subtree(point);
         let (covered_start, covered_end) = self.covering(&start)?;
         if covered_start > start || covered_end < end {
             return None;
         }
-        let mut candidates: Vec<(Point, PeerId)> =
-            self.peers.range(start..=end).map(|(p, peer)| (xor(p, point), *peer)).collect();
+        let mut candidates: Vec<(Point, &P)> =
+            self.peers.range(start..=end).map(|(p, peer)| (xor(p, point), peer)).collect();
         candidates.sort_unstable_by_key(|(distance, _)| *distance);
         candidates.truncate(self.replicas);
-        Some(candidates.into_iter().map(|(_, peer)| peer).collect())
+        Some(candidates.into_iter().map(|(_, peer)| peer.clone()).collect())
     }
 
     /// The smallest subtree around `point` with at least `replicas` known
@@ -185,6 +185,7 @@ fn successor(point: &Point) -> Option<Point> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use libp2p::PeerId;
     use libp2p::kad::KBucketKey;
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
@@ -233,7 +234,7 @@ mod tests {
     fn the_queried_target_is_placed_exactly() {
         let network = Network::new(300);
         let mut rng = StdRng::seed_from_u64(1);
-        let mut map = NetworkMap::new(K);
+        let mut map: NetworkMap<PeerId> = NetworkMap::new(K);
         let target = random_point(&mut rng);
         map.learn_closest(&target, &network.closest(&target));
         // The complete subtree may hold fewer than K peers, but the target's
@@ -248,7 +249,7 @@ mod tests {
         let network = Network::new(500);
         let mut rng = StdRng::seed_from_u64(2);
         let keys: Vec<Point> = (0..1000).map(|_| random_point(&mut rng)).collect();
-        let mut map = NetworkMap::new(K);
+        let mut map: NetworkMap<PeerId> = NetworkMap::new(K);
         let mut queries = 0;
         for key in &keys {
             if map.closest(key).is_none() {
@@ -267,7 +268,7 @@ mod tests {
     fn a_network_smaller_than_the_replicas_is_covered_by_one_query() {
         let network = Network::new(7);
         let mut rng = StdRng::seed_from_u64(3);
-        let mut map = NetworkMap::new(K);
+        let mut map: NetworkMap<PeerId> = NetworkMap::new(K);
         let target = random_point(&mut rng);
         map.learn_closest(&target, &network.closest(&target));
         let other = random_point(&mut rng);
@@ -279,7 +280,7 @@ mod tests {
     fn peers_from_a_timed_out_query_cover_nothing() {
         let network = Network::new(200);
         let mut rng = StdRng::seed_from_u64(4);
-        let mut map = NetworkMap::new(K);
+        let mut map: NetworkMap<PeerId> = NetworkMap::new(K);
         let target = random_point(&mut rng);
         map.learn_peers(network.closest(&target));
         assert_eq!(map.len(), K);
@@ -288,7 +289,7 @@ mod tests {
 
     #[test]
     fn covered_intervals_merge_when_they_touch() {
-        let mut map = NetworkMap::new(K);
+        let mut map: NetworkMap<PeerId> = NetworkMap::new(K);
         let at = |last: u8| {
             let mut p = [0u8; 32];
             p[31] = last;

@@ -13,8 +13,8 @@
 
 use std::collections::HashMap;
 
-use libp2p::PeerId;
 use libp2p::kad::KBucketKey;
+use libp2p::{Multiaddr, PeerId};
 use rand::seq::SliceRandom;
 use tokio::time::Instant;
 
@@ -22,12 +22,24 @@ use super::keyspace::{NetworkMap, Point};
 use crate::oci::Key;
 use crate::routing::Error;
 
+/// A peer a query returned, with the addresses it gave: most peers a sweep
+/// places keys on are in no routing table, and once the query is over only
+/// these addresses reach them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Contact {
+    pub(super) peer: PeerId,
+    pub(super) addrs: Vec<Multiaddr>,
+}
+
+/// The map a sweep places keys by.
+pub(super) type Map = NetworkMap<Contact>;
+
 /// Where one key goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Placement {
     /// Not placed yet (queued, or its query is in flight).
     Open,
-    Placed(Vec<PeerId>),
+    Placed(Vec<Contact>),
     /// Its query failed: not announced, and the caller is told.
     Failed,
     /// The local store refused the key (the caller knows): not announced.
@@ -48,7 +60,7 @@ pub(super) struct Sweep {
 impl Sweep {
     /// A sweep of `keys`; keys whose `skip` is set (the local store refused
     /// them) are not placed. Places whatever `map` already can.
-    pub(super) fn new(keys: Vec<Key>, skip: &[bool], map: &NetworkMap, deadline: Instant) -> Self {
+    pub(super) fn new(keys: Vec<Key>, skip: &[bool], map: &Map, deadline: Instant) -> Self {
         let points: Vec<Point> = keys.iter().map(point_of_key).collect();
         let placements = points
             .iter()
@@ -67,7 +79,7 @@ impl Sweep {
     /// The next key that needs a query (placing, on the way, any key the
     /// map has learnt to place since): its index and its key. The caller
     /// starts that query and reports its end to [`Sweep::queried`].
-    pub(super) fn next_query(&mut self, map: &NetworkMap) -> Option<(usize, Key)> {
+    pub(super) fn next_query(&mut self, map: &Map) -> Option<(usize, Key)> {
         while let Some(i) = self.queue.pop() {
             if self.placements[i] != Placement::Open {
                 continue;
@@ -86,7 +98,7 @@ impl Sweep {
     /// Key `i`'s query ended: `Some(closest)` when it completed (the peers
     /// are the key's closest, whatever the map makes of them), `None` when
     /// it failed.
-    pub(super) fn queried(&mut self, i: usize, closest: Option<Vec<PeerId>>) {
+    pub(super) fn queried(&mut self, i: usize, closest: Option<Vec<Contact>>) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Some(placement) = self.placements.get_mut(i)
             && *placement == Placement::Open
@@ -98,7 +110,7 @@ impl Sweep {
     /// Places every open key within `[start, end]` that the map can place
     /// now (a query only teaches the map the covered interval its target
     /// ended up in).
-    pub(super) fn place_known(&mut self, map: &NetworkMap, (start, end): (Point, Point)) {
+    pub(super) fn place_known(&mut self, map: &Map, (start, end): (Point, Point)) {
         for (placement, point) in self.placements.iter_mut().zip(&self.points) {
             if *placement == Placement::Open
                 && (start..=end).contains(point)
@@ -122,18 +134,19 @@ impl Sweep {
         self.points.get(i)
     }
 
-    /// The keys to announce, grouped by peer, and the keys that could not
-    /// be placed (their query failed, or the batch ran out of time); keys
-    /// the local store refused are in neither.
-    pub(super) fn finish(self) -> (HashMap<PeerId, Vec<String>>, Vec<usize>) {
-        let mut per_peer: HashMap<PeerId, Vec<String>> = HashMap::new();
+    /// The keys to announce, grouped by peer (with the peer's addresses),
+    /// and the keys that could not be placed (their query failed, or the
+    /// batch ran out of time); keys the local store refused are in neither.
+    pub(super) fn finish(self) -> (HashMap<PeerId, Announce>, Vec<usize>) {
+        let mut per_peer: HashMap<PeerId, Announce> = HashMap::new();
         let mut unplaced = Vec::new();
         for (i, (placement, key)) in self.placements.into_iter().zip(&self.keys).enumerate() {
             match placement {
-                Placement::Placed(peers) => {
+                Placement::Placed(contacts) => {
                     let text = key.to_string();
-                    for peer in peers {
-                        per_peer.entry(peer).or_default().push(text.clone());
+                    for Contact { peer, addrs } in contacts {
+                        let entry = per_peer.entry(peer).or_insert_with(|| Announce { addrs, keys: Vec::new() });
+                        entry.keys.push(text.clone());
                     }
                 }
                 Placement::Open | Placement::Failed => unplaced.push(i),
@@ -142,6 +155,14 @@ impl Sweep {
         }
         (per_peer, unplaced)
     }
+}
+
+/// What one peer is sent: its keys, and the addresses to dial it at if it
+/// is not connected (empty: whatever the swarm knows).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Announce {
+    pub(super) addrs: Vec<Multiaddr>,
+    pub(super) keys: Vec<String>,
 }
 
 /// The keyspace point of a key (the hash Kademlia places it by).
@@ -176,12 +197,16 @@ mod tests {
         (0..n).map(|i| Key::Digest(Digest::of(&i.to_be_bytes()))).collect()
     }
 
+    fn contact(peer: PeerId) -> Contact {
+        Contact { peer, addrs: Vec::new() }
+    }
+
     /// A network of `n` peers: for a point, the true `K` closest of them.
-    fn network(n: usize) -> impl Fn(&Point) -> Vec<(Point, PeerId)> {
-        let peers: Vec<(Point, PeerId)> = (0..n)
+    fn network(n: usize) -> impl Fn(&Point) -> Vec<(Point, Contact)> {
+        let peers: Vec<(Point, Contact)> = (0..n)
             .map(|_| {
                 let peer = PeerId::random();
-                (point_of_peer(&peer), peer)
+                (point_of_peer(&peer), contact(peer))
             })
             .collect();
         move |target: &Point| {
@@ -194,7 +219,7 @@ mod tests {
 
     /// Runs a sweep to its end against an exact network, one query at a
     /// time; returns the sweep's placements and how many queries it made.
-    fn run(sweep: &mut Sweep, map: &mut NetworkMap, closest: &impl Fn(&Point) -> Vec<(Point, PeerId)>) -> usize {
+    fn run(sweep: &mut Sweep, map: &mut Map, closest: &impl Fn(&Point) -> Vec<(Point, Contact)>) -> usize {
         let mut queries = 0;
         while let Some((i, _)) = sweep.next_query(map) {
             queries += 1;
@@ -213,17 +238,17 @@ mod tests {
     #[test]
     fn every_key_goes_to_its_true_closest_peers_with_fewer_queries_than_keys() {
         let closest = network(400);
-        let mut map = NetworkMap::new(K);
+        let mut map: Map = NetworkMap::new(K);
         let batch = keys(500);
         let mut sweep = Sweep::new(batch.clone(), &[], &map, Instant::now());
         let queries = run(&mut sweep, &mut map, &closest);
         let (per_peer, unplaced) = sweep.finish();
         assert!(unplaced.is_empty());
         for key in &batch {
-            let want: Vec<PeerId> = closest(&point_of_key(key)).into_iter().map(|(_, p)| p).collect();
+            let want: Vec<PeerId> = closest(&point_of_key(key)).into_iter().map(|(_, c)| c.peer).collect();
             let text = key.to_string();
             let got: Vec<PeerId> =
-                per_peer.iter().filter(|(_, keys)| keys.contains(&text)).map(|(peer, _)| *peer).collect();
+                per_peer.iter().filter(|(_, a)| a.keys.contains(&text)).map(|(peer, _)| *peer).collect();
             assert_eq!(got.len(), K, "{key}");
             assert!(want.iter().all(|p| got.contains(p)), "{key}");
         }
@@ -238,7 +263,7 @@ mod tests {
 
     #[test]
     fn a_failed_query_reports_its_key_and_refused_keys_are_skipped() {
-        let map = NetworkMap::new(K);
+        let map: Map = NetworkMap::new(K);
         let batch = keys(3);
         let mut sweep = Sweep::new(batch, &[true, false, false], &map, Instant::now());
         let mut queried = Vec::new();
@@ -249,16 +274,19 @@ mod tests {
         assert_eq!(queried, vec![1, 2], "the refused key is not queried");
         assert!(!sweep.is_done());
         sweep.queried(1, None);
-        sweep.queried(2, Some(vec![PeerId::random()]));
+        let addr: Multiaddr = "/ip4/127.0.0.9/tcp/4001".parse().unwrap();
+        let peer = PeerId::random();
+        sweep.queried(2, Some(vec![Contact { peer, addrs: vec![addr.clone()] }]));
         assert!(sweep.is_done());
         let (per_peer, unplaced) = sweep.finish();
         assert_eq!(per_peer.len(), 1);
+        assert_eq!(per_peer[&peer].addrs, vec![addr], "the peer's addresses from its query go with its keys");
         assert_eq!(unplaced, vec![1], "the key whose query failed, and not the refused one");
     }
 
     #[test]
     fn keys_still_open_at_the_end_are_reported_unplaced() {
-        let map = NetworkMap::new(K);
+        let map: Map = NetworkMap::new(K);
         let mut sweep = Sweep::new(keys(4), &[], &map, Instant::now());
         let first = sweep.next_query(&map).map(|(i, _)| i);
         assert!(first.is_some());
