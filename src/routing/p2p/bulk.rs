@@ -46,7 +46,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::announce::{Announcement, MAX_KEYS_PER_REQUEST, Stored};
-use super::behaviour::{Behaviour, KBUCKET_SIZE, QUERY_TIMEOUT};
+use super::behaviour::{Behaviour, KBUCKET_SIZE};
 use super::keyspace::NetworkMap;
 use super::sweep::{Announce, Contact, Map, Sweep, point_of_peer, unplaced_error};
 use crate::oci::Key;
@@ -61,9 +61,11 @@ pub(super) const BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
 /// pending (a blackholed peer may hold a dial for minutes): like a Kademlia
 /// provide, reaching fewer peers is not a failure.
 pub(super) const BATCH_DEADLINE: Duration = Duration::from_secs(15);
-/// How long a sweep may spend finding its keys' closest peers; keys still
-/// unplaced then fail, and the advertiser tries them again.
-pub(super) const SWEEP_DEADLINE: Duration = QUERY_TIMEOUT;
+/// How long a sweep may start queries; it then waits for those in flight
+/// (each ends within `QUERY_TIMEOUT`), and keys still unplaced fail: the
+/// advertiser tries them again. A sweep of 256 keys in a 1,000-node
+/// network needs about 7 rounds of 16 queries, a few seconds.
+pub(super) const SWEEP_DEADLINE: Duration = Duration::from_secs(60);
 /// Closest-peers queries one sweep keeps in flight.
 const SWEEP_QUERIES: usize = 16;
 /// How long the network map is trusted: peers come and go, so the first
@@ -213,8 +215,12 @@ impl Bulk {
         let overdue: Vec<u64> =
             self.sweeps.iter().filter(|(_, s)| now >= s.sweep.deadline).map(|(id, _)| *id).collect();
         for id in overdue {
-            tracing::debug!("sweep deadline passed; keys not placed yet fail");
-            self.finish_sweep(swarm, id);
+            let Some(swept) = self.sweeps.get_mut(&id) else { continue };
+            swept.sweep.stop_querying();
+            if swept.sweep.is_done() {
+                tracing::debug!("sweep deadline passed; keys not placed yet fail");
+                self.finish_sweep(swarm, id);
+            }
         }
     }
 
@@ -339,9 +345,9 @@ impl Bulk {
             .collect();
         let target = self.sweeps.get(&id).and_then(|s| s.sweep.point(i)).copied();
         // Fewer answers than replicas claim the whole network: trusted only
-        // if the routing table holds no more peers than that (a query run
-        // before the table filled up says little).
-        let whole = found.len() >= K_VALUE.get() || found.len() >= table_size(swarm);
+        // if neither the routing table nor the map knows more peers than
+        // that (a query run before the table filled up says little).
+        let whole = found.len() >= K_VALUE.get() || found.len() >= table_size(swarm).max(self.map.len());
         match target {
             Some(target) if complete && whole && !found.is_empty() => self.map.learn_closest(&target, &found),
             _ => self.map.learn_peers(found.iter().cloned()),

@@ -31,11 +31,12 @@ pub(super) const COMMAND_CAPACITY: usize = 1024;
 /// How long a provide may wait for its query: the query's own limit plus slack.
 const PROVIDE_TIMEOUT: Duration = QUERY_TIMEOUT.saturating_add(Duration::from_secs(15));
 /// How long a batch may take: the wait for the first bootstrap walk, the
-/// routing-table check (a query), a sweep and the announcements' deadline,
-/// plus slack.
+/// routing-table check (a query), a sweep (its deadline, then its last
+/// queries) and the announcements' deadline, plus slack.
 const PROVIDE_MANY_TIMEOUT: Duration = BOOTSTRAP_WAIT
     .saturating_add(QUERY_TIMEOUT)
     .saturating_add(SWEEP_DEADLINE)
+    .saturating_add(QUERY_TIMEOUT)
     .saturating_add(BATCH_DEADLINE)
     .saturating_add(Duration::from_secs(15));
 /// Commands that only touch local state answer well within this.

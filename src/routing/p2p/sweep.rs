@@ -121,6 +121,11 @@ impl Sweep {
         }
     }
 
+    /// Starts no more queries: keys still waiting for one stay unplaced.
+    pub(super) fn stop_querying(&mut self) {
+        self.queue.clear();
+    }
+
     /// Whether every key is placed or skipped, with no query in flight.
     pub(super) fn is_done(&self) -> bool {
         self.in_flight == 0 && self.queue.iter().all(|i| self.placements[*i] != Placement::Open)
@@ -282,6 +287,21 @@ mod tests {
         assert_eq!(per_peer.len(), 1);
         assert_eq!(per_peer[&peer].addrs, vec![addr], "the peer's addresses from its query go with its keys");
         assert_eq!(unplaced, vec![1], "the key whose query failed, and not the refused one");
+    }
+
+    #[test]
+    fn a_stopped_sweep_waits_for_its_queries_in_flight_and_starts_no_more() {
+        let map: Map = NetworkMap::new(K);
+        let mut sweep = Sweep::new(keys(5), &[], &map, Instant::now());
+        let (first, _) = sweep.next_query(&map).unwrap();
+        sweep.stop_querying();
+        assert!(sweep.next_query(&map).is_none());
+        assert!(!sweep.is_done(), "its query is still in flight");
+        sweep.queried(first, Some(vec![contact(PeerId::random())]));
+        assert!(sweep.is_done());
+        let (per_peer, unplaced) = sweep.finish();
+        assert_eq!(per_peer.len(), 1);
+        assert_eq!(unplaced.len(), 4);
     }
 
     #[test]
