@@ -230,13 +230,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_queried_target_is_placed_exactly() {
-        let network = Network::new(300);
-        let mut rng = StdRng::seed_from_u64(1);
-        let mut map: NetworkMap<PeerId> = NetworkMap::new(K);
+    /// A network of `peers`, a map that learnt one completed query for a
+    /// random target, the target, and the seeded RNG for more points.
+    fn one_query(peers: usize, seed: u64) -> (Network, NetworkMap<PeerId>, Point, StdRng) {
+        let network = Network::new(peers);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut map = NetworkMap::new(K);
         let target = random_point(&mut rng);
         map.learn_closest(&target, &network.closest(&target));
+        (network, map, target, rng)
+    }
+
+    #[test]
+    fn the_queried_target_is_placed_exactly() {
+        let (network, map, target, _) = one_query(300, 1);
         // The complete subtree may hold fewer than K peers, but the target's
         // own closest peers are whatever the query returned.
         if let Some(placed) = map.closest(&target) {
@@ -266,11 +273,7 @@ mod tests {
 
     #[test]
     fn a_network_smaller_than_the_replicas_is_covered_by_one_query() {
-        let network = Network::new(7);
-        let mut rng = StdRng::seed_from_u64(3);
-        let mut map: NetworkMap<PeerId> = NetworkMap::new(K);
-        let target = random_point(&mut rng);
-        map.learn_closest(&target, &network.closest(&target));
+        let (_, map, _, mut rng) = one_query(7, 3);
         let other = random_point(&mut rng);
         let placed = map.closest(&other).expect("the whole keyspace is known");
         assert_eq!(placed.len(), 7);
