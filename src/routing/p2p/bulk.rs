@@ -52,7 +52,8 @@ use super::sweep::{Announce, Contact, Map, Sweep, point_of_peer, unplaced_error}
 use crate::oci::Key;
 use crate::routing::Error;
 
-/// Most addresses a peer may announce with its keys.
+/// Most addresses a peer may announce with its keys, and a sweep keeps of
+/// a peer its query found.
 const MAX_ANNOUNCED_ADDRS: usize = 8;
 /// How long a batch waits for the first bootstrap walk before it is swept
 /// instead (a node alone never completes one).
@@ -341,7 +342,10 @@ impl Bulk {
         };
         let found: Vec<(_, Contact)> = peers
             .into_iter()
-            .map(|p| (point_of_peer(&p.peer_id), Contact { peer: p.peer_id, addrs: p.addrs }))
+            .map(|p| {
+                let addrs = p.addrs.into_iter().take(MAX_ANNOUNCED_ADDRS).collect();
+                (point_of_peer(&p.peer_id), Contact { peer: p.peer_id, addrs })
+            })
             .collect();
         let target = self.sweeps.get(&id).and_then(|s| s.sweep.point(i)).copied();
         // Fewer answers than replicas claim the whole network: trusted only
