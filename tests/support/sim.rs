@@ -53,6 +53,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// How long one lookup may run (the router's resolve timeout).
     pub resolve_timeout: Duration,
+    /// How long provider records live (`SIM_PROVIDER_TTL`).
+    pub provider_ttl: Duration,
     /// Pings and idle connections: one process carries every node's
     /// connections, so a simulation pings rarely (`SIM_CONNECTIONS`).
     pub connections: ConnectionConfig,
@@ -73,6 +75,11 @@ pub struct SimConfig {
 /// run. Lookups and advertisements do not depend on pings.
 pub const SIM_CONNECTIONS: ConnectionConfig =
     ConnectionConfig { ping_interval: Duration::from_secs(60), idle_timeout: Duration::from_secs(30) };
+
+/// A real node re-advertises its keys before their records expire (10
+/// minutes by default); a simulation advertises once, and a 1,000-node run
+/// takes over half an hour to do it, so its records must outlive the run.
+pub const SIM_PROVIDER_TTL: Duration = Duration::from_secs(4 * 3600);
 
 /// A bootstrap walk is a dozen closest-peers queries: every node of a
 /// 1,000-node simulation walking every 5 minutes, as a real node does, is
@@ -95,6 +102,7 @@ impl SimConfig {
             seed: 7,
             resolve_timeout: P2pConfig::DEFAULT_RESOLVE_TIMEOUT,
             connections: SIM_CONNECTIONS,
+            provider_ttl: SIM_PROVIDER_TTL,
             table_refresh: SIM_TABLE_REFRESH,
             place_from_table: true,
             advertising_at_once: 32,
@@ -149,6 +157,7 @@ impl Cluster {
             let mut p2p_config = P2pConfig::new(listen, REGISTRY_PORT, Identity::generate());
             p2p_config.transport = config.transport;
             p2p_config.resolve_timeout = config.resolve_timeout;
+            p2p_config.provider_ttl = config.provider_ttl;
             p2p_config.connections = config.connections;
             p2p_config.table_refresh = config.table_refresh;
             p2p_config.place_from_table = config.place_from_table;
