@@ -1,7 +1,7 @@
 //! Batched advertisement between real libp2p routers on loopback
 //! (127.0.4.51 ..= 127.0.4.56): keys announced with `provide_many` are found
 //! by every other node through plain Kademlia lookups, and a node with
-//! nobody to announce to still succeeds (its batch is swept and finds nobody).
+//! nobody to announce to still succeeds (after falling back to queries).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;

@@ -496,11 +496,12 @@ pub fn print_load(cluster: &Cluster, stats: &[RouterStats], outcomes: &[Outcome]
     println!("  connected peers per node: min {min} / median {median} / max {max}");
     let sum = |f: fn(&RouterStats) -> u64| stats.iter().map(f).sum::<u64>();
     println!(
-        "  advertising: {} batches from the routing table, {} swept ({} keys, {} closest-peers queries)",
+        "  advertising: {} batches from the routing table, {} swept ({} keys, {} closest-peers queries), {} key by key",
         sum(|s| s.bulk.table_batches),
         sum(|s| s.bulk.sweeps),
         sum(|s| s.bulk.keys_swept),
         sum(|s| s.bulk.sweep_queries),
+        sum(|s| s.bulk.key_by_key),
     );
     let queries: u64 = stats.iter().map(|s| s.lookup_queries).sum();
     let requests: u64 = stats.iter().map(|s| s.lookup_requests).sum();

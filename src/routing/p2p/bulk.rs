@@ -12,7 +12,8 @@
 //!   walk has completed, no bucket is full, and one query for the closest
 //!   peers of one of the batch's keys found none the table lacks (the usual
 //!   case up to about a hundred nodes).
-//! - **A sweep** otherwise (see `sweep` and `keyspace`): a map of the
+//! - **A sweep** when the network is larger than the table (a bucket is
+//!   full; see `sweep` and `keyspace`): a map of the
 //!   keyspace built from closest-peers queries, shared by the batches of
 //!   the next minute, places every key it can; the others get a query each.
 //!   A large cluster thus costs a few queries per 20 peers of the network
@@ -21,8 +22,9 @@
 //!   addresses their query returned.
 //!
 //! Right after start-up, batches wait (up to [`BOOTSTRAP_WAIT`]) for the
-//! first bootstrap walk, so that a small cluster's batches come from the
-//! table; a node that completes none sweeps.
+//! first bootstrap walk, so that a restarting node re-advertises in batches
+//! too. A node that completes none, or whose table (with no full bucket)
+//! the check query does not confirm, is told to provide key by key.
 //!
 //! Owns: the batches in flight (table checks, sweeps and their queries, the
 //! network map), the announcement requests they wait for, resending one
@@ -55,8 +57,8 @@ use crate::routing::Error;
 /// Most addresses a peer may announce with its keys, and a sweep keeps of
 /// a peer its query found.
 const MAX_ANNOUNCED_ADDRS: usize = 8;
-/// How long a batch waits for the first bootstrap walk before it is swept
-/// instead (a node alone never completes one).
+/// How long a batch waits for the first bootstrap walk before falling back
+/// to one query per key (a node alone never completes one).
 pub(super) const BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
 /// A batch is done after this long even if some announcements are still
 /// pending (a blackholed peer may hold a dial for minutes): like a Kademlia
@@ -84,10 +86,23 @@ pub struct BulkStats {
     pub sweeps: u64,
     pub keys_swept: u64,
     pub sweep_queries: u64,
+    /// Batches told to provide key by key.
+    pub key_by_key: u64,
 }
 
 /// Where a batch's results go: one per key, in order.
-pub(super) type Reply = oneshot::Sender<Vec<Result<(), Error>>>;
+pub(super) type Reply = oneshot::Sender<BulkOutcome>;
+
+/// How a batch ended.
+#[derive(Debug)]
+pub(super) enum BulkOutcome {
+    /// One result per key, in order.
+    Done(Vec<Result<(), Error>>),
+    /// The routing table is not confirmed to hold the whole network, yet
+    /// no bucket is full (a small network, or a node still joining it):
+    /// provide key by key.
+    NeedQueries,
+}
 
 struct Batch {
     reply: Reply,
@@ -135,7 +150,7 @@ enum Bootstrap {
     Pending {
         until: Instant,
     },
-    /// Waited in vain: batches are swept until a walk completes.
+    /// Waited in vain: batches go key by key until a walk completes.
     GaveUp,
     Done,
 }
@@ -203,14 +218,14 @@ impl Bulk {
         {
             self.bootstrap = Bootstrap::GaveUp;
             for Waiting { keys, reply } in std::mem::take(&mut self.waiting) {
-                self.sweep(swarm, keys, reply);
+                self.start(swarm, keys, reply);
             }
         }
         let overdue: Vec<u64> = self.batches.iter().filter(|(_, b)| now >= b.deadline).map(|(id, _)| *id).collect();
         for id in overdue {
             if let Some(batch) = self.batches.remove(&id) {
                 tracing::debug!(unanswered = batch.outstanding, "batch deadline passed; some peers were not reached");
-                let _ = batch.reply.send(batch.results);
+                let _ = batch.reply.send(BulkOutcome::Done(batch.results));
             }
         }
         let overdue: Vec<u64> =
@@ -227,21 +242,28 @@ impl Bulk {
 
     /// Advertises `keys` in one batch: from the routing table if it holds
     /// the whole network, after checking that against the network itself
-    /// (see [`Bulk::on_checked`]); otherwise, or before any bootstrap walk
-    /// completed, by a sweep.
+    /// (see [`Bulk::on_checked`]); by a sweep if the network is larger than
+    /// the table (a bucket is full). A node that completed no bootstrap
+    /// walk is told to provide key by key (unless batches may not come from
+    /// the table at all: then every batch is a sweep).
     pub(super) fn start(&mut self, swarm: &mut Swarm<Behaviour>, keys: Vec<Key>, reply: Reply) {
-        if let Bootstrap::Pending { .. } = self.bootstrap {
-            self.waiting.push(Waiting { keys, reply });
-            return;
+        match self.bootstrap {
+            Bootstrap::Pending { .. } => {
+                self.waiting.push(Waiting { keys, reply });
+                return;
+            }
+            Bootstrap::GaveUp if self.place_from_table => {
+                self.stats.key_by_key += 1;
+                let _ = reply.send(BulkOutcome::NeedQueries);
+                return;
+            }
+            Bootstrap::GaveUp | Bootstrap::Done => {}
         }
         let Some(sample) = keys.first() else {
-            let _ = reply.send(Vec::new());
+            let _ = reply.send(BulkOutcome::Done(Vec::new()));
             return;
         };
-        let table = match self.bootstrap {
-            Bootstrap::Done if self.place_from_table => whole_network(swarm),
-            Bootstrap::Done | Bootstrap::Pending { .. } | Bootstrap::GaveUp => None,
-        };
+        let table = if self.place_from_table { whole_network(swarm) } else { None };
         let Some(peers) = table else {
             self.sweep(swarm, keys, reply);
             return;
@@ -256,8 +278,8 @@ impl Bulk {
     /// records it placed by that table would sit where no lookup looks.
     /// So each batch first asks the network for the closest peers of one of
     /// its keys: if the table held all of them, the batch is announced from
-    /// it; if not, the batch is swept (and the table, which the query just
-    /// taught, is checked again by the next batch).
+    /// it; if not, the caller provides key by key (and the table, which the
+    /// query just taught, is checked again by the next batch).
     fn on_checked(&mut self, swarm: &mut Swarm<Behaviour>, query: QueryId, outcome: GetClosestPeersResult) {
         let Some(Checking { keys, reply, known }) = self.checking.remove(&query) else { return };
         let (found, complete) = match outcome {
@@ -276,8 +298,9 @@ impl Bulk {
                 self.announce(swarm, &peers, keys, reply);
             }
             _ => {
-                tracing::debug!(missing, complete, known = known.len(), "routing table not confirmed: sweeping");
-                self.sweep(swarm, keys, reply);
+                tracing::debug!(missing, complete, known = known.len(), "routing table not confirmed: key by key");
+                self.stats.key_by_key += 1;
+                let _ = reply.send(BulkOutcome::NeedQueries);
             }
         }
     }
@@ -348,12 +371,8 @@ impl Bulk {
             })
             .collect();
         let target = self.sweeps.get(&id).and_then(|s| s.sweep.point(i)).copied();
-        // Fewer answers than replicas claim the whole network: trusted only
-        // if neither the routing table nor the map knows more peers than
-        // that (a query run before the table filled up says little).
-        let whole = found.len() >= K_VALUE.get() || found.len() >= table_size(swarm).max(self.map.len());
         match target {
-            Some(target) if complete && whole && !found.is_empty() => self.map.learn_closest(&target, &found),
+            Some(target) if complete => self.map.learn_closest(&target, &found),
             _ => self.map.learn_peers(found.iter().cloned()),
         }
         if let Some(swept) = self.sweeps.get_mut(&id) {
@@ -428,7 +447,7 @@ impl Bulk {
         }
         let batch = Batch { reply, results, outstanding, deadline: Instant::now() + BATCH_DEADLINE };
         if outstanding == 0 {
-            let _ = batch.reply.send(batch.results);
+            let _ = batch.reply.send(BulkOutcome::Done(batch.results));
         } else {
             self.batches.insert(id, batch);
         }
@@ -488,7 +507,7 @@ impl Bulk {
         if batch.outstanding == 0
             && let Some(batch) = self.batches.remove(&id)
         {
-            let _ = batch.reply.send(batch.results);
+            let _ = batch.reply.send(BulkOutcome::Done(batch.results));
         }
     }
 
@@ -549,11 +568,6 @@ fn whole_network(swarm: &mut Swarm<Behaviour>) -> Option<Vec<KBucketKey<PeerId>>
         peers.extend(bucket.iter().map(|entry| *entry.node.key));
     }
     Some(peers)
-}
-
-/// How many peers the routing table holds.
-fn table_size(swarm: &mut Swarm<Behaviour>) -> usize {
-    swarm.behaviour_mut().kad.kbuckets().map(|bucket| bucket.num_entries()).sum()
 }
 
 /// For each key, its `K_VALUE` closest peers; grouped by peer.

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::behaviour::QUERY_TIMEOUT;
 use super::bootstrap::Target;
-use super::bulk::{self, BATCH_DEADLINE, BOOTSTRAP_WAIT, BulkStats, SWEEP_DEADLINE};
+use super::bulk::{self, BATCH_DEADLINE, BOOTSTRAP_WAIT, BulkOutcome, BulkStats, SWEEP_DEADLINE};
 use super::known::KnownPeer;
 use super::peer_ips::PeerIps;
 use super::store::StoreStats;
@@ -39,6 +39,8 @@ const PROVIDE_MANY_TIMEOUT: Duration = BOOTSTRAP_WAIT
     .saturating_add(QUERY_TIMEOUT)
     .saturating_add(BATCH_DEADLINE)
     .saturating_add(Duration::from_secs(15));
+/// Key-by-key provides in flight for one batch when batching is not possible.
+const QUERIES_PER_BATCH: usize = 16;
 /// Commands that only touch local state answer well within this.
 const LOCAL_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -285,11 +287,19 @@ impl Router for P2pRouter {
     }
 
     /// One announcement per peer, the keys' closest peers found from the
-    /// routing table or by a sweep (see `bulk`).
+    /// routing table or by a sweep (see `bulk`); one Kademlia query per key,
+    /// a few at a time, where neither can be trusted.
     async fn provide_many(&self, keys: &[Key]) -> Vec<Result<(), Error>> {
         let batch = keys.to_vec();
         match self.request(|reply| Command::ProvideMany { keys: batch, reply }, PROVIDE_MANY_TIMEOUT).await {
-            Ok(results) => results,
+            Ok(BulkOutcome::Done(results)) => results,
+            Ok(BulkOutcome::NeedQueries) => {
+                let one_by_one = stream::iter(keys.to_vec()).map(|key| {
+                    let router = self.clone();
+                    async move { router.provide(&key).await }
+                });
+                one_by_one.buffered(QUERIES_PER_BATCH).collect().await
+            }
             Err(error) => vec![Err(error); keys.len()],
         }
     }

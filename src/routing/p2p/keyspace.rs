@@ -57,19 +57,16 @@ impl<P: Clone> NetworkMap<P> {
     /// Learns the result of a closest-peers query for `target` that
     /// completed: `closest` are the peers that answered, and no peer closer
     /// to `target` than the farthest of them exists. A result with fewer
-    /// than `replicas` peers found everyone: the whole keyspace is covered
-    /// (the caller makes sure of that); an empty one says nothing.
+    /// than `replicas` peers covers nothing: a network that small, and a
+    /// query that reached only a few peers (a node still joining, peers too
+    /// slow to answer), look the same.
     pub(super) fn learn_closest(&mut self, target: &Point, closest: &[(Point, P)]) {
-        if closest.is_empty() {
+        self.learn_peers(closest.iter().cloned());
+        if closest.len() < self.replicas {
             return;
         }
-        self.learn_peers(closest.iter().cloned());
-        let (start, end) = if closest.len() < self.replicas {
-            ([0; 32], [u8::MAX; 32])
-        } else {
-            let Some(farthest) = closest.iter().map(|(p, _)| xor(p, target)).max() else { return };
-            subtree(target, complete_bits(&farthest))
-        };
+        let Some(farthest) = closest.iter().map(|(p, _)| xor(p, target)).max() else { return };
+        let (start, end) = subtree(target, complete_bits(&farthest));
         self.cover(start, end);
     }
 
@@ -272,11 +269,11 @@ mod tests {
     }
 
     #[test]
-    fn a_network_smaller_than_the_replicas_is_covered_by_one_query() {
-        let (_, map, _, mut rng) = one_query(7, 3);
-        let other = random_point(&mut rng);
-        let placed = map.closest(&other).expect("the whole keyspace is known");
-        assert_eq!(placed.len(), 7);
+    fn a_short_answer_covers_nothing() {
+        let (_, map, target, mut rng) = one_query(7, 3);
+        assert_eq!(map.len(), 7);
+        assert_eq!(map.closest(&target), None);
+        assert_eq!(map.closest(&random_point(&mut rng)), None);
     }
 
     #[test]
