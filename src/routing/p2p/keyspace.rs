@@ -239,12 +239,14 @@ mod tests {
     }
 
     #[test]
-    fn the_queried_target_is_placed_exactly() {
-        let (network, map, target, _) = one_query(300, 1);
-        // The complete subtree may hold fewer than K peers, but the target's
-        // own closest peers are whatever the query returned.
-        if let Some(placed) = map.closest(&target) {
-            assert_eq!(placed, network.closest_ids(&target));
+    fn one_query_covers_its_target_and_places_only_exactly() {
+        let (network, map, target, mut rng) = one_query(300, 1);
+        assert!(map.covering(&target).is_some(), "the target's own region is complete");
+        // Whatever the map places after one query is the true closest.
+        for point in (0..200).map(|_| random_point(&mut rng)).chain([target]) {
+            if let Some(placed) = map.closest(&point) {
+                assert_eq!(placed, network.closest_ids(&point));
+            }
         }
     }
 
