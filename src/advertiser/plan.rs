@@ -33,6 +33,8 @@ const REFRESH_JITTER: f64 = 0.25;
 /// The first retry waits this long; each failure doubles it, up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Keys' room an empty queue keeps.
+const DRAINED_QUEUE_ROOM: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Want {
@@ -182,6 +184,13 @@ impl Plan {
             match entry.want {
                 Want::Advertised => provide.push(key),
                 Want::Withdrawn => withdraw.push(key),
+            }
+        }
+        // A full scan queues every key at once; once drained, the queues
+        // should not keep that room for the rest of the process's life.
+        for queue in [&mut self.urgent, &mut self.background] {
+            if queue.is_empty() {
+                queue.shrink_to(DRAINED_QUEUE_ROOM);
             }
         }
         (provide, withdraw)

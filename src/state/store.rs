@@ -15,8 +15,11 @@ use super::records::{IMAGES, Invalid, META, PEERS, SCHEMA_KEY, SCHEMA_VERSION, d
 
 /// The state file's name inside `--data-dir`.
 pub const STATE_FILE: &str = "state.redb";
-/// Page cache for the state: it is small, and the node runs under a tight memory limit.
-const CACHE_BYTES: usize = 8 << 20;
+/// Page cache for the state. The state is read whole once, at start, and
+/// then only written (when images or peers change), so a cache buys little;
+/// whatever it holds stays resident (8 MiB kept 3.2 MiB of pages at idle
+/// with 10,000 keys).
+const CACHE_BYTES: usize = 1 << 20;
 
 /// Whether the file was just created or written by an earlier run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

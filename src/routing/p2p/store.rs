@@ -16,7 +16,7 @@
 //! sends the first `k`), so the traffic spreads over the cluster.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, hash_map};
+use std::collections::{HashMap, hash_map};
 
 use libp2p::PeerId;
 use libp2p::kad::store::{self, MemoryStore, MemoryStoreConfig, RecordStore};
@@ -40,18 +40,26 @@ pub struct StoreStats {
 }
 
 /// The providers kept for one key, and how many distinct ones were offered.
-#[derive(Default)]
 struct Providers {
     kept: Vec<ProviderRecord>,
     offered: u64,
+}
+
+impl Providers {
+    /// Room for one record: most keys have one provider (a node's own
+    /// unique layers), and a `Vec` would otherwise reserve four at once
+    /// (600 bytes per key).
+    fn new() -> Self {
+        Self { kept: Vec::with_capacity(1), offered: 0 }
+    }
 }
 
 pub(super) struct ProviderStore {
     local: PeerId,
     max_keys: usize,
     providers: HashMap<RecordKey, Providers>,
-    /// This node's own records; kept in step with `providers`.
-    provided: HashSet<ProviderRecord>,
+    /// Keys among `providers` with this node's own record.
+    provided: usize,
     records: usize,
     values: MemoryStore,
 }
@@ -59,20 +67,17 @@ pub(super) struct ProviderStore {
 impl ProviderStore {
     pub(super) fn new(local: PeerId, max_keys: usize) -> Self {
         let values = MemoryStore::with_config(local, MemoryStoreConfig::default());
-        Self { local, max_keys, providers: HashMap::new(), provided: HashSet::new(), records: 0, values }
+        Self { local, max_keys, providers: HashMap::new(), provided: 0, records: 0, values }
     }
 
     pub(super) fn stats(&self) -> StoreStats {
-        StoreStats { keys: self.providers.len(), provider_records: self.records, provided: self.provided.len() }
+        StoreStats { keys: self.providers.len(), provider_records: self.records, provided: self.provided }
     }
 }
 
 impl RecordStore for ProviderStore {
     type RecordsIter<'a> = <MemoryStore as RecordStore>::RecordsIter<'a>;
-    type ProvidedIter<'a> = std::iter::Map<
-        std::collections::hash_set::Iter<'a, ProviderRecord>,
-        fn(&'a ProviderRecord) -> Cow<'a, ProviderRecord>,
-    >;
+    type ProvidedIter<'a> = Provided<'a>;
 
     fn get(&self, key: &RecordKey) -> Option<Cow<'_, Record>> {
         self.values.get(key)
@@ -99,22 +104,16 @@ impl RecordStore for ProviderStore {
         let providers = match self.providers.entry(record.key.clone()) {
             hash_map::Entry::Occupied(entry) => entry.into_mut(),
             hash_map::Entry::Vacant(_) if num_keys >= self.max_keys => return Err(store::Error::MaxProvidedKeys),
-            hash_map::Entry::Vacant(entry) => entry.insert(Providers::default()),
+            hash_map::Entry::Vacant(entry) => entry.insert(Providers::new()),
         };
         let own = record.provider == self.local;
         if let Some(existing) = providers.kept.iter_mut().find(|p| p.provider == record.provider) {
-            if own {
-                self.provided.remove(existing);
-                self.provided.insert(record.clone());
-            }
             *existing = record;
             return Ok(());
         }
         providers.offered += 1;
         if providers.kept.len() < PROVIDERS_PER_KEY {
-            if own {
-                self.provided.insert(record.clone());
-            }
+            self.provided += usize::from(own);
             providers.kept.push(record);
             self.records += 1;
             return Ok(());
@@ -124,9 +123,7 @@ impl RecordStore for ProviderStore {
         let others: Vec<usize> =
             (0..providers.kept.len()).filter(|i| providers.kept[*i].provider != self.local).collect();
         if let (true, Some(&victim)) = (lucky, others.get(rng.random_range(0..others.len().max(1)))) {
-            if own {
-                self.provided.insert(record.clone());
-            }
+            self.provided += usize::from(own);
             providers.kept[victim] = record;
         }
         Ok(())
@@ -139,8 +136,10 @@ impl RecordStore for ProviderStore {
         records
     }
 
+    /// Kademlia asks for these only to republish, which Shoal leaves to
+    /// its advertiser: a walk over every key is cheap enough for that.
     fn provided(&self) -> Self::ProvidedIter<'_> {
-        self.provided.iter().map(Cow::Borrowed)
+        Provided { keys: self.providers.values(), local: self.local }
     }
 
     fn remove_provider(&mut self, key: &RecordKey, provider: &PeerId) {
@@ -148,13 +147,26 @@ impl RecordStore for ProviderStore {
         if let Some(i) = entry.get().kept.iter().position(|p| p.provider == *provider) {
             let removed = entry.get_mut().kept.swap_remove(i);
             self.records -= 1;
-            if removed.provider == self.local {
-                self.provided.remove(&removed);
-            }
+            self.provided -= usize::from(removed.provider == self.local);
         }
         if entry.get().kept.is_empty() {
             entry.remove();
         }
+    }
+}
+
+/// This node's own records, one per key it provides.
+pub(super) struct Provided<'a> {
+    keys: hash_map::Values<'a, RecordKey, Providers>,
+    local: PeerId,
+}
+
+impl<'a> Iterator for Provided<'a> {
+    type Item = Cow<'a, ProviderRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let local = self.local;
+        self.keys.by_ref().find_map(|providers| providers.kept.iter().find(|p| p.provider == local)).map(Cow::Borrowed)
     }
 }
 
@@ -177,8 +189,11 @@ mod tests {
         store.add_provider(record(&key, other)).unwrap();
         store.add_provider(record(&key, other)).unwrap();
         assert_eq!(store.stats(), StoreStats { keys: 1, provider_records: 2, provided: 1 });
+        let provided: Vec<(RecordKey, PeerId)> = store.provided().map(|r| (r.key.clone(), r.provider)).collect();
+        assert_eq!(provided, vec![(key.clone(), local)]);
         store.remove_provider(&key, &local);
         assert_eq!(store.stats(), StoreStats { keys: 1, provider_records: 1, provided: 0 });
+        assert_eq!(store.provided().count(), 0);
         store.remove_provider(&key, &other);
         assert_eq!(store.stats(), StoreStats::default());
     }
