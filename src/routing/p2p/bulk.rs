@@ -29,9 +29,10 @@
 //! Owns: the batches in flight (table checks, sweeps and their queries, the
 //! network map), the announcement requests they wait for, resending one
 //! whose connection closed under it, and storing the records peers announce
-//! to this node. Like a Kademlia provide, a batch succeeds once the local
-//! record is stored and every announcement was answered or failed: reaching
-//! fewer peers is not a failure; a key whose closest peers were not found
+//! to this node. A batch ends once every announcement was answered or
+//! failed, or at its deadline; a key counts as advertised when at least
+//! half of the closest peers it was sent to stored it (`tally`). A key
+//! whose closest peers were not found, or too few of them stored it,
 //! fails, and the advertiser tries it again.
 
 use std::collections::{HashMap, HashSet};
@@ -51,6 +52,7 @@ use super::announce::{Announcement, MAX_KEYS_PER_REQUEST, Stored};
 use super::behaviour::{Behaviour, KBUCKET_SIZE};
 use super::keyspace::NetworkMap;
 use super::sweep::{Announce, Contact, Map, Sweep, point_of_peer, unplaced_error};
+use super::tally::Tally;
 use crate::oci::Key;
 use crate::routing::Error;
 
@@ -61,8 +63,8 @@ const MAX_ANNOUNCED_ADDRS: usize = 8;
 /// to one query per key (a node alone never completes one).
 pub(super) const BOOTSTRAP_WAIT: Duration = Duration::from_secs(10);
 /// A batch is done after this long even if some announcements are still
-/// pending (a blackholed peer may hold a dial for minutes): like a Kademlia
-/// provide, reaching fewer peers is not a failure.
+/// pending (a blackholed peer may hold a dial for minutes); a key that half
+/// of its peers stored by then is advertised.
 pub(super) const BATCH_DEADLINE: Duration = Duration::from_secs(15);
 /// How long a sweep may start queries; it then waits for those in flight
 /// (each ends within `QUERY_TIMEOUT`), and keys still unplaced fail: the
@@ -106,9 +108,7 @@ pub(super) enum BulkOutcome {
 
 struct Batch {
     reply: Reply,
-    results: Vec<Result<(), Error>>,
-    outstanding: usize,
-    deadline: Instant,
+    tally: Tally,
 }
 
 /// An announcement in flight: which batch waits for it, and what to resend.
@@ -118,6 +118,8 @@ struct Sent {
     /// Where to dial the peer if it is not connected (empty: the swarm knows).
     addrs: Vec<Multiaddr>,
     announcement: Announcement,
+    /// The positions in the batch of the announced keys.
+    indices: Vec<u32>,
     /// Whether this is already the resend.
     resent: bool,
 }
@@ -221,11 +223,12 @@ impl Bulk {
                 self.start(swarm, keys, reply);
             }
         }
-        let overdue: Vec<u64> = self.batches.iter().filter(|(_, b)| now >= b.deadline).map(|(id, _)| *id).collect();
+        let overdue: Vec<u64> =
+            self.batches.iter().filter(|(_, b)| now >= b.tally.deadline).map(|(id, _)| *id).collect();
         for id in overdue {
-            if let Some(batch) = self.batches.remove(&id) {
-                tracing::debug!(unanswered = batch.outstanding, "batch deadline passed; some peers were not reached");
-                let _ = batch.reply.send(BulkOutcome::Done(batch.results));
+            if let Some(Batch { reply, tally }) = self.batches.remove(&id) {
+                tracing::debug!(unanswered = tally.outstanding(), "batch deadline passed; some peers were not reached");
+                let _ = reply.send(BulkOutcome::Done(tally.finish()));
             }
         }
         let overdue: Vec<u64> =
@@ -408,7 +411,7 @@ impl Bulk {
             }
         }
         tracing::debug!(keys = keys.len(), peers = per_peer.len(), map = self.map.len(), "sweep placed its keys");
-        self.send_batch(swarm, per_peer, results, reply);
+        self.send_batch(swarm, per_peer, Tally::new(keys, results, Instant::now() + BATCH_DEADLINE), reply);
     }
 
     /// Stores the local records of `keys` and announces them to their closest peers.
@@ -419,37 +422,38 @@ impl Bulk {
             .into_iter()
             .map(|(peer, keys)| (peer, Announce { addrs: Vec::new(), keys }))
             .collect();
-        self.send_batch(swarm, per_peer, results, reply);
+        self.send_batch(swarm, per_peer, Tally::new(keys, results, Instant::now() + BATCH_DEADLINE), reply);
     }
 
     /// Sends every peer its keys; the batch is done once each announcement
-    /// was answered or failed, or at its deadline.
+    /// was answered or failed, or at its deadline (see `tally` for which
+    /// keys then count as advertised).
     fn send_batch(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
         per_peer: HashMap<PeerId, Announce>,
-        results: Vec<Result<(), Error>>,
+        mut tally: Tally,
         reply: Reply,
     ) {
         let announced_addrs: Vec<String> =
             swarm.external_addresses().take(MAX_ANNOUNCED_ADDRS).map(ToString::to_string).collect();
-
+        let positions = tally.positions();
         let id = self.next_batch;
         self.next_batch += 1;
-        let mut outstanding = 0;
         for (peer, Announce { addrs, keys }) in per_peer {
             for chunk in keys.chunks(MAX_KEYS_PER_REQUEST) {
+                let indices: Vec<u32> = chunk.iter().filter_map(|key| positions.get(key).copied()).collect();
+                debug_assert_eq!(indices.len(), chunk.len(), "every announced key is one of the batch's");
+                tally.sent(&indices);
                 let announcement = Announcement { keys: chunk.to_vec(), addrs: announced_addrs.clone() };
                 let addrs = addrs.clone();
-                self.send(swarm, Sent { batch: id, peer, addrs, announcement, resent: false });
-                outstanding += 1;
+                self.send(swarm, Sent { batch: id, peer, addrs, announcement, indices, resent: false });
             }
         }
-        let batch = Batch { reply, results, outstanding, deadline: Instant::now() + BATCH_DEADLINE };
-        if outstanding == 0 {
-            let _ = batch.reply.send(BulkOutcome::Done(batch.results));
+        if tally.outstanding() == 0 {
+            let _ = reply.send(BulkOutcome::Done(tally.finish()));
         } else {
-            self.batches.insert(id, batch);
+            self.batches.insert(id, Batch { reply, tally });
         }
     }
 
@@ -466,7 +470,10 @@ impl Bulk {
                 request_response::Message::Response { request_id, response } => {
                     tracing::trace!(%peer, stored = response.stored, "announcement stored");
                     if let Some(sent) = self.requests.remove(&request_id) {
-                        self.answered(sent.batch);
+                        // A receiver that stored fewer (its store is full)
+                        // does not say which: none count.
+                        let all = response.stored as usize >= sent.announcement.keys.len();
+                        self.answered(&sent, all);
                     }
                 }
             },
@@ -479,7 +486,7 @@ impl Bulk {
                     }
                     Some(sent) => {
                         tracing::debug!(%peer, %error, "announcement not delivered");
-                        self.answered(sent.batch);
+                        self.answered(&sent, false);
                     }
                     None => {}
                 }
@@ -500,14 +507,14 @@ impl Bulk {
         self.requests.insert(request, sent);
     }
 
-    /// One announcement of batch `id` was answered or failed for good.
-    fn answered(&mut self, id: u64) {
-        let Some(batch) = self.batches.get_mut(&id) else { return };
-        batch.outstanding = batch.outstanding.saturating_sub(1);
-        if batch.outstanding == 0
-            && let Some(batch) = self.batches.remove(&id)
+    /// An announcement was answered (`stored`: every key of it stored) or
+    /// failed for good.
+    fn answered(&mut self, sent: &Sent, stored: bool) {
+        let Some(batch) = self.batches.get_mut(&sent.batch) else { return };
+        if batch.tally.answered(&sent.indices, stored)
+            && let Some(Batch { reply, tally }) = self.batches.remove(&sent.batch)
         {
-            let _ = batch.reply.send(BulkOutcome::Done(batch.results));
+            let _ = reply.send(BulkOutcome::Done(tally.finish()));
         }
     }
 

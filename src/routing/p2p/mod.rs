@@ -41,6 +41,7 @@ mod shun;
 mod store;
 pub mod swarm_key;
 mod sweep;
+mod tally;
 mod transport;
 
 use std::net::SocketAddr;
