@@ -10,7 +10,9 @@
 //! `SHOAL_SIM_LOOKUPS`, `SHOAL_SIM_UNIQUE` override those counts;
 //! `SHOAL_SIM_ADVERTISING` (default 32) sets how many nodes advertise at once,
 //! `SHOAL_SIM_IDLE_SECS` (default 30) how long an idle connection stays open;
-//! `SHOAL_SIM_MAX_RSS_MIB` (default 12288) stops the run if memory grows past it.
+//! `SHOAL_SIM_MAX_RSS_MIB` (default 12288) stops the run if memory grows past it;
+//! `SHOAL_SIM_SWEEP_ONLY=1` sweeps every batch (no routing-table batches), so
+//! that a cluster smaller than the routing table measures sweeps too.
 //! No socket is opened: addresses 127.1.x.y only name the nodes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -48,6 +50,7 @@ fn config() -> Result<SimConfig> {
         advertising_at_once: env_or("SHOAL_SIM_ADVERTISING", 32),
         connections: ConnectionConfig { idle_timeout: idle, ..sim::SIM_CONNECTIONS },
         progress: true,
+        place_from_table: !std::env::var("SHOAL_SIM_SWEEP_ONLY").is_ok_and(|v| v == "1"),
         ..SimConfig::memory(nodes_arg(nodes)?)
     })
 }

@@ -486,6 +486,11 @@ impl Bulk {
                     }
                     Some(sent) => {
                         tracing::debug!(%peer, %error, "announcement not delivered");
+                        if matches!(error, request_response::OutboundFailure::DialFailure) {
+                            // Gone (or unreachable): the next sweeps place its
+                            // keys on the peers that remain.
+                            self.map.forget(&point_of_peer(&peer));
+                        }
                         self.answered(&sent, false);
                     }
                     None => {}

@@ -54,6 +54,12 @@ impl<P: Clone> NetworkMap<P> {
         self.peers.extend(peers);
     }
 
+    /// Forgets a peer that left (a dial to it failed). The intervals it was
+    /// in stay covered: their remaining peers are still all there is.
+    pub(super) fn forget(&mut self, point: &Point) {
+        self.peers.remove(point);
+    }
+
     /// Learns the result of a closest-peers query for `target` that
     /// completed: `closest` are the peers that answered, and no peer closer
     /// to `target` than the farthest of them exists. A result with fewer
@@ -268,6 +274,27 @@ mod tests {
             assert_eq!(placed, network.closest_ids(key));
         }
         assert!(queries < keys.len() / 5, "{queries} queries for {} keys", keys.len());
+    }
+
+    #[test]
+    fn a_forgotten_peer_is_never_placed_on_and_placements_stay_exact() {
+        let (mut network, mut map, target, mut rng) = one_query(300, 5);
+        for _ in 0..60 {
+            let more = random_point(&mut rng);
+            map.learn_closest(&more, &network.closest(&more));
+        }
+        let (gone, gone_id) = network.closest(&target)[0];
+        map.forget(&gone);
+        network.peers.retain(|(p, _)| *p != gone);
+        let mut placed_any = false;
+        for point in (0..500).map(|_| random_point(&mut rng)).chain([target]) {
+            if let Some(placed) = map.closest(&point) {
+                assert!(!placed.contains(&gone_id));
+                assert_eq!(placed, network.closest_ids(&point));
+                placed_any = true;
+            }
+        }
+        assert!(placed_any, "the covered region still places keys");
     }
 
     #[test]
