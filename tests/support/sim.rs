@@ -503,6 +503,11 @@ pub fn print_load(cluster: &Cluster, stats: &[RouterStats], outcomes: &[Outcome]
         sum(|s| s.bulk.sweep_queries),
         sum(|s| s.bulk.key_by_key),
     );
+    println!(
+        "  keys failed in batches: {} not placed in time (sweeps), {} stored by fewer than half of their peers",
+        sum(|s| s.bulk.keys_unplaced),
+        sum(|s| s.bulk.keys_understored),
+    );
     let queries: u64 = stats.iter().map(|s| s.lookup_queries).sum();
     let requests: u64 = stats.iter().map(|s| s.lookup_requests).sum();
     let most = stats.iter().map(|s| s.lookup_max_requests).max().unwrap_or(0);

@@ -88,6 +88,10 @@ pub struct BulkStats {
     pub sweeps: u64,
     pub keys_swept: u64,
     pub sweep_queries: u64,
+    /// Swept keys whose closest peers were not found in time.
+    pub keys_unplaced: u64,
+    /// Keys that fewer than half of the peers they were sent to stored.
+    pub keys_understored: u64,
     /// Batches told to provide key by key.
     pub key_by_key: u64,
 }
@@ -228,7 +232,7 @@ impl Bulk {
         for id in overdue {
             if let Some(Batch { reply, tally }) = self.batches.remove(&id) {
                 tracing::debug!(unanswered = tally.outstanding(), "batch deadline passed; some peers were not reached");
-                let _ = reply.send(BulkOutcome::Done(tally.finish()));
+                self.done(reply, tally);
             }
         }
         let overdue: Vec<u64> =
@@ -405,6 +409,7 @@ impl Bulk {
         let keys: Vec<Key> = (0..results.len()).filter_map(|i| sweep.key(i).cloned()).collect();
         let (per_peer, unplaced) = sweep.finish();
         self.stats.keys_swept += keys.len() as u64;
+        self.stats.keys_unplaced += unplaced.len() as u64;
         for i in unplaced {
             if let (Some(result), Some(key)) = (results.get_mut(i), keys.get(i)) {
                 *result = Err(unplaced_error(key));
@@ -451,7 +456,7 @@ impl Bulk {
             }
         }
         if tally.outstanding() == 0 {
-            let _ = reply.send(BulkOutcome::Done(tally.finish()));
+            self.done(reply, tally);
         } else {
             self.batches.insert(id, Batch { reply, tally });
         }
@@ -519,8 +524,15 @@ impl Bulk {
         if batch.tally.answered(&sent.indices, stored)
             && let Some(Batch { reply, tally }) = self.batches.remove(&sent.batch)
         {
-            let _ = reply.send(BulkOutcome::Done(tally.finish()));
+            self.done(reply, tally);
         }
+    }
+
+    /// Sends a batch's results.
+    fn done(&mut self, reply: Reply, tally: Tally) {
+        let (results, understored) = tally.finish();
+        self.stats.keys_understored += understored;
+        let _ = reply.send(BulkOutcome::Done(results));
     }
 
     /// Stores the records `peer` announced, as a Kademlia ADD_PROVIDER would.

@@ -71,10 +71,12 @@ impl Tally {
         self.outstanding
     }
 
-    /// The results: a key sent to peers of which fewer than half stored it
-    /// fails. A key sent to no peer (a node alone) keeps its result.
-    pub(super) fn finish(self) -> Vec<Result<(), Error>> {
+    /// The results, and how many keys failed here: a key sent to peers of
+    /// which fewer than half stored it fails. A key sent to no peer (a node
+    /// alone) keeps its result.
+    pub(super) fn finish(self) -> (Vec<Result<(), Error>>, u64) {
         let Self { mut results, keys, sent, stored, .. } = self;
+        let mut understored = 0;
         for (i, result) in results.iter_mut().enumerate() {
             let (sent, stored) = (sent[i], stored[i]);
             if result.is_ok()
@@ -85,9 +87,10 @@ impl Tally {
                     key: key.clone(),
                     reason: format!("only {stored} of the {sent} closest peers it was sent to stored it"),
                 });
+                understored += 1;
             }
         }
-        results
+        (results, understored)
     }
 }
 
@@ -116,7 +119,8 @@ mod tests {
         assert!(!batch.answered(&[0, 1], false));
         assert!(!batch.answered(&[0, 1], false));
         assert!(batch.answered(&[2], false));
-        let results = batch.finish();
+        let (results, understored) = batch.finish();
+        assert_eq!(understored, 2);
         assert!(results[0].is_ok());
         let reason = results[1].as_ref().expect_err("one of four").to_string();
         assert!(reason.contains("only 1 of the 4"), "{reason}");
@@ -131,7 +135,8 @@ mod tests {
         batch.sent(&[1]);
         assert_eq!(batch.outstanding(), 1);
         assert!(batch.answered(&[1], true));
-        let results = batch.finish();
+        let (results, understored) = batch.finish();
+        assert_eq!(understored, 0);
         assert!(results[0].is_ok(), "sent to no peer: nothing to count");
         assert!(results[1].as_ref().is_err_and(|e| e.to_string().contains("refused")));
     }
