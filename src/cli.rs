@@ -218,6 +218,10 @@ pub struct RunArgs {
     /// Longest a client may take to send request headers; also closes idle keep-alive connections.
     #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub header_read_timeout: Duration,
+    /// Longest a response may wait for its client to take a byte before the connection is closed
+    /// (frees the slots a hung client holds).
+    #[arg(long, env = "SHOAL_SEND_STALL_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub send_stall_timeout: Duration,
     /// Largest request line plus headers, e.g. 64KiB; larger gets 431.
     #[arg(long, env = "SHOAL_MAX_HEADER_BYTES", default_value = "64KiB", value_parser = byte_size)]
     pub max_header_bytes: u64,
@@ -248,6 +252,8 @@ pub enum UsageError {
     HeaderBytesTooSmall,
     #[error("--header-read-timeout must be longer than zero")]
     NoHeaderTime,
+    #[error("--send-stall-timeout must be longer than zero")]
+    NoSendStallTime,
 }
 
 impl RunArgs {
@@ -361,8 +367,12 @@ impl RunArgs {
         if self.header_read_timeout.is_zero() {
             return Err(UsageError::NoHeaderTime);
         }
+        if self.send_stall_timeout.is_zero() {
+            return Err(UsageError::NoSendStallTime);
+        }
         Ok(ServerLimits {
             header_read_timeout: self.header_read_timeout,
+            send_stall_timeout: self.send_stall_timeout,
             max_header_bytes: usize::try_from(self.max_header_bytes).unwrap_or(usize::MAX),
             max_connections: self.max_connections,
             max_in_flight: self.max_in_flight_requests,
@@ -524,11 +534,13 @@ mod tests {
         assert_eq!(defaults.server, ServerLimits::default());
         assert_eq!(defaults.registry.max_url_bytes, 4096);
         let flags = ["--header-read-timeout", "200ms", "--max-header-bytes", "16KiB", "--max-url-bytes", "1000"];
-        let tuned = parse(&[&flags[..], &["--max-connections", "8", "--max-in-flight-requests", "4"]].concat());
+        let more = ["--max-connections", "8", "--max-in-flight-requests", "4", "--send-stall-timeout", "2m"];
+        let tuned = parse(&[&flags[..], &more[..]].concat());
         let Ok(tuned) = tuned.map_err(|e| e.to_string()) else { panic!("tuned flags rejected") };
         let expected = ServerLimits {
             header_read_timeout: Duration::from_millis(200),
             max_header_bytes: 16 << 10,
+            send_stall_timeout: Duration::from_secs(120),
             max_connections: 8,
             max_in_flight: 4,
         };
@@ -536,5 +548,6 @@ mod tests {
         assert!(matches!(parse(&["--max-connections", "0"]), Err(UsageError::Zero("max-connections"))));
         assert!(matches!(parse(&["--max-header-bytes", "100"]), Err(UsageError::HeaderBytesTooSmall)));
         assert!(matches!(parse(&["--header-read-timeout", "0s"]), Err(UsageError::NoHeaderTime)));
+        assert!(matches!(parse(&["--send-stall-timeout", "0s"]), Err(UsageError::NoSendStallTime)));
     }
 }

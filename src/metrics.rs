@@ -504,6 +504,7 @@ impl Metrics {
         ListenerMetrics {
             open: counters.open.with_label_values(&[name]),
             rejected: counters.rejected.with_label_values(&[name]),
+            stalled: counters.stalled.with_label_values(&[name]),
             in_flight_limit: counters.requests_rejected.with_label_values(&[name, Rejection::InFlightLimit.as_str()]),
             url_too_long: counters.requests_rejected.with_label_values(&[name, Rejection::UrlTooLong.as_str()]),
         }
@@ -668,6 +669,7 @@ impl StateMetrics {
 struct ListenerCounters {
     open: IntGaugeVec,
     rejected: IntCounterVec,
+    stalled: IntCounterVec,
     requests_rejected: IntCounterVec,
 }
 
@@ -685,6 +687,13 @@ impl ListenerCounters {
                 ),
                 &["listener"],
             )?,
+            stalled: IntCounterVec::new(
+                Opts::new(
+                    "shoal_connections_stalled_total",
+                    "HTTP connections closed because the client took no response byte for --send-stall-timeout.",
+                ),
+                &["listener"],
+            )?,
             requests_rejected: IntCounterVec::new(
                 Opts::new(
                     "shoal_requests_rejected_total",
@@ -695,11 +704,13 @@ impl ListenerCounters {
         };
         registry.register(Box::new(counters.open.clone()))?;
         registry.register(Box::new(counters.rejected.clone()))?;
+        registry.register(Box::new(counters.stalled.clone()))?;
         registry.register(Box::new(counters.requests_rejected.clone()))?;
         // Closed labels: every series is exported from the start, at 0.
         for listener in Listener::ALL.map(Listener::as_str) {
             counters.open.with_label_values(&[listener]);
             counters.rejected.with_label_values(&[listener]);
+            counters.stalled.with_label_values(&[listener]);
             for reason in Rejection::ALL.map(Rejection::as_str) {
                 counters.requests_rejected.with_label_values(&[listener, reason]);
             }
@@ -708,8 +719,8 @@ impl ListenerCounters {
     }
 
     /// The collectors `new` registers, for `Metrics::metric_names`.
-    fn collectors(&self) -> [&dyn Collector; 3] {
-        [&self.open, &self.rejected, &self.requests_rejected]
+    fn collectors(&self) -> [&dyn Collector; 4] {
+        [&self.open, &self.rejected, &self.stalled, &self.requests_rejected]
     }
 }
 
@@ -718,6 +729,7 @@ impl ListenerCounters {
 pub struct ListenerMetrics {
     open: IntGauge,
     rejected: IntCounter,
+    stalled: IntCounter,
     in_flight_limit: IntCounter,
     url_too_long: IntCounter,
 }
@@ -732,6 +744,11 @@ impl ListenerMetrics {
     /// A connection closed at once: the listener was full.
     pub fn connection_rejected(&self) {
         self.rejected.inc();
+    }
+
+    /// A connection closed because its client stopped taking the response.
+    pub fn connection_stalled(&self) {
+        self.stalled.inc();
     }
 
     /// A request refused before it was served.

@@ -189,6 +189,36 @@ async fn requests_over_the_in_flight_cap_get_503_at_once_while_others_are_held()
     assert_eq!(get(&node.url("/v2/")).await.status, StatusCode::OK);
 }
 
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_and_its_upload_slot_freed() {
+    let uploads = UploadLimits { max_concurrent: Some(1), bytes_per_second: None };
+    let server = limits(|l| l.send_stall_timeout = Duration::from_millis(300));
+    let node = node_with(server, NodeOptions { uploads, ..NodeOptions::default() }).await;
+    // Far more than the socket buffers of both ends hold.
+    let image = add_image(&node.store, "registry.test/team/app:v1", &[layer_bytes(1, 32 << 20)]);
+    node.sync().await;
+    let path = blob_path(&image.layers[0].0);
+
+    // A peer asks for the blob, then reads nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut hung = socket.connect(node.addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: shoal\r\n{MIRRORED_HEADER}: true\r\n\r\n");
+    hung.write_all(head.as_bytes()).await.unwrap();
+    eventually("the upload is in flight", || node.metric("shoal_uploads_in_flight") == 1).await;
+
+    let stalled = r#"shoal_connections_stalled_total{listener="registry"}"#;
+    wait::eventually_within("the hung client is cut", GUARD, || node.metric(stalled) == 1).await;
+    eventually("its upload slot is freed", || node.metric("shoal_uploads_in_flight") == 0).await;
+    let received = read_until_closed(&mut hung).await;
+    assert!(received.len() < 32 << 20, "the response was cut short ({} bytes)", received.len());
+
+    let next = request(http::Method::GET, &node.url(&path), &[(MIRRORED_HEADER, "true")]).await;
+    assert_eq!(next.status, StatusCode::OK, "the next peer gets the slot");
+    assert_eq!(next.body.len(), 32 << 20);
+    assert_eq!(node.metric(stalled), 1, "a client that reads is never cut");
+}
+
 /// Panics anywhere in this test binary (a connection task included).
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 

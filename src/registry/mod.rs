@@ -13,6 +13,7 @@ mod blobs;
 mod manifests;
 pub mod response;
 pub mod server;
+mod stall;
 pub mod uploads;
 
 use std::sync::Arc;

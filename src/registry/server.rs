@@ -7,7 +7,9 @@
 //!
 //! Limits (see [`ServerLimits`] and docs/hardening.md): request heads must
 //! arrive within the header read timeout (slowloris) and fit in the header
-//! byte limit (431 otherwise); a listener at its connection limit accepts and
+//! byte limit (431 otherwise); a connection whose client takes no response
+//! byte for the send stall timeout is closed (see `stall`), freeing the
+//! slots it held; a listener at its connection limit accepts and
 //! closes new connections at once; a listener at its in-flight limit answers
 //! 503 `TOOMANYREQUESTS` at once and never queues. Each refusal is fast, so
 //! containerd moves on to its next host (the upstream) without waiting.
@@ -34,6 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use super::access::ClientAddr;
 use super::response::{Body, ErrorCode, oci_error};
+use super::stall::StallGuard;
 use crate::metrics::{ListenerMetrics, OpenConnection, Rejection};
 
 /// What one listener accepts at most.
@@ -45,6 +48,9 @@ pub struct ServerLimits {
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers); larger gets 431.
     pub max_header_bytes: usize,
+    /// Longest a response may wait for its client to take a byte; the
+    /// connection is closed then.
+    pub send_stall_timeout: Duration,
     /// Connections open at once; more are accepted and closed at once.
     pub max_connections: usize,
     /// Requests being answered at once, each until its response body ends;
@@ -55,6 +61,7 @@ pub struct ServerLimits {
 impl ServerLimits {
     pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
     pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+    pub const DEFAULT_SEND_STALL_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
     pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 }
@@ -64,6 +71,7 @@ impl Default for ServerLimits {
         Self {
             header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
             max_header_bytes: Self::DEFAULT_MAX_HEADER_BYTES,
+            send_stall_timeout: Self::DEFAULT_SEND_STALL_TIMEOUT,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
         }
@@ -138,11 +146,21 @@ impl Server {
                 let (handler, admission) = (handler.clone(), admission.clone());
                 async move { Ok::<_, Infallible>(admission.answer(handler, req).await) }
             });
+            let (stream, stall) = StallGuard::new(stream);
             let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            let (stall_limit, metrics) = (self.limits.send_stall_timeout, self.metrics.clone());
             tracker.spawn(async move {
                 let _slot = slot;
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection ended with an error");
+                tokio::select! {
+                    ended = connection => if let Err(error) = ended {
+                        tracing::debug!(%error, "connection ended with an error");
+                    },
+                    () = stall.stalled(stall_limit) => {
+                        tracing::debug!(%remote, "the client took no response byte for {stall_limit:?}; connection closed");
+                        if let Some(metrics) = metrics {
+                            metrics.connection_stalled();
+                        }
+                    }
                 }
             });
         }
