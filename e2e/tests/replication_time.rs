@@ -3,8 +3,9 @@
 //! Shoal's replication rounds (CRI pulls through each node's mirror).
 //! Prints the time from Shoal's start to the fifth replica, and how often
 //! the upstream served a layer (measurements for docs/performance.md, not
-//! asserts). Known: the first round starts on every node at once, before
-//! any replica exists, so each node pulls from the upstream.
+//! asserts). One node seeds the image from the upstream and the others pull
+//! it from peers; with a round every second, rounds that pass while the
+//! seed is still pulling widen the cut, so a second node may seed too.
 
 use std::time::{Duration, Instant};
 

@@ -4,10 +4,16 @@
 //! Every node that lacks the image ranks itself among the nodes it knows
 //! that lack it too (itself and its connected peers), by rendezvous hashing
 //! of (image, node name): the same order on every node with the same view.
-//! If the image is `d` holders short, the first `d` in that order pull. When
-//! views differ (large clusters, churn) and a round passes without new
-//! holders, the cut widens (2d, 4d, ...), so the image always gets there;
-//! and since every node re-counts holders before each round, it stops.
+//! If the image is `d` holders short, the first `d` in that order pull, with
+//! two limits that keep the upstream and the holders from being swamped:
+//! an image no node holds yet is seeded by one node (the only pull from the
+//! upstream; the rest pull from peers in later rounds), and each holder
+//! feeds at most [`FAN_OUT`] new ones a round, so an image pinned on every
+//! node of a large cluster spreads 1, 9, 81, ... nodes a round instead of
+//! every node pulling at once. When views differ (large clusters, churn) or
+//! a pull outlasts a round, and a round passes without new holders, the cut
+//! widens (twice, four times, ...), so the image always gets there; and since
+//! every node re-counts holders before each round, it stops.
 
 use sha2::{Digest as _, Sha256};
 
@@ -16,6 +22,10 @@ use crate::routing::PeerName;
 
 /// The widening of the cut stops doubling after this many stuck rounds.
 const MAX_WIDENING: u32 = 8;
+/// New holders one holder feeds in a round. A pull fetches a few layers at
+/// once, and a holder uploads at most `--max-concurrent-uploads` (32) blobs
+/// at a time before it turns peers away.
+pub const FAN_OUT: usize = 8;
 
 /// What one node knows about one image at the start of a round.
 #[derive(Debug, Clone)]
@@ -50,11 +60,19 @@ pub fn decide(situation: &Situation<'_>) -> Decision {
     if situation.held_here {
         return Decision::Held;
     }
-    let Some(target) = situation.target else { return Decision::Pull };
-    let Some(deficit) = target.checked_sub(situation.holders).filter(|d| *d > 0) else {
-        return Decision::Satisfied;
+    let deficit = match situation.target {
+        // Every node: this one and each connected peer without it.
+        None => situation.contenders.len() + 1,
+        Some(target) => target.saturating_sub(situation.holders),
     };
-    let slots = deficit.saturating_mul(1 << situation.stuck_rounds.min(MAX_WIDENING));
+    if deficit == 0 {
+        return Decision::Satisfied;
+    }
+    let now = match situation.holders {
+        0 => 1,
+        holders => deficit.min(holders.saturating_mul(FAN_OUT)),
+    };
+    let slots = now.saturating_mul(1 << situation.stuck_rounds.min(MAX_WIDENING));
     let rank = rank_of(situation.image, situation.me, situation.contenders);
     if rank < slots { Decision::Pull } else { Decision::Wait { rank, slots } }
 }
@@ -133,9 +151,21 @@ mod tests {
     fn exactly_the_deficit_pull_when_every_node_sees_the_same_peers() {
         let nodes = names(10);
         assert_eq!(pullers(&nodes, 1, Some(3), 0).len(), 2);
-        assert_eq!(pullers(&nodes, 0, Some(3), 0).len(), 3);
+        assert_eq!(pullers(&nodes, 2, Some(9), 0).len(), 7);
         assert!(pullers(&nodes, 3, Some(3), 0).is_empty());
         assert!(pullers(&nodes, 5, Some(3), 0).is_empty());
+    }
+
+    #[test]
+    fn one_node_seeds_a_new_image_and_each_holder_feeds_at_most_fan_out() {
+        let nodes = names(200);
+        let seed = pullers(&nodes, 0, Some(3), 0);
+        assert_eq!(seed.len(), 1, "one pull from the upstream");
+        assert_eq!(pullers(&nodes, 0, None, 0), seed, "the same seed, whatever the target");
+        assert_eq!(pullers(&nodes, 1, None, 0).len(), FAN_OUT);
+        assert_eq!(pullers(&nodes, 3, None, 0).len(), 3 * FAN_OUT);
+        assert_eq!(pullers(&nodes, 30, None, 0).len(), 200, "every node once enough hold it");
+        assert_eq!(pullers(&nodes, 1, Some(4), 0).len(), 3, "never more than the deficit");
     }
 
     #[test]
@@ -157,12 +187,13 @@ mod tests {
         assert_eq!(pullers(&nodes, 0, Some(1), 1).len(), 2);
         assert_eq!(pullers(&nodes, 0, Some(1), 3).len(), 8);
         assert_eq!(pullers(&nodes, 0, Some(1), 100).len(), 16);
+        assert_eq!(pullers(&nodes, 0, None, 2).len(), 4, "seeding widens too");
     }
 
     #[test]
     fn every_node_pulls_without_a_target_and_holders_never_pull() {
         let nodes = names(4);
-        assert_eq!(pullers(&nodes, 0, None, 0).len(), 4);
+        assert_eq!(pullers(&nodes, 1, None, 0).len(), 4);
         let image = image();
         let held = Situation {
             image: &image,

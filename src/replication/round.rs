@@ -59,13 +59,13 @@ impl Replicator {
 
     async fn consider(&self, image: &TagRef, target: Option<usize>, why: Why, report: &mut RoundReport) {
         let held_here = self.index.tag(image).is_some();
-        let holders = if held_here || target.is_none() { HashSet::new() } else { self.live_holders(image).await };
+        let holders = if held_here { HashSet::new() } else { self.live_holders(image).await };
         let contenders: Vec<PeerName> =
             self.router.links().connected().into_iter().filter(|p| !holders.contains(p) && *p != self.me).collect();
         let stuck_rounds = {
             let mut state = self.lock_state();
             let progress = state.progress.entry(image.clone()).or_default();
-            progress.observe(holders.len(), !held_here && target.is_some_and(|t| holders.len() < t));
+            progress.observe(holders.len(), !held_here && target.is_none_or(|t| holders.len() < t));
             progress.stuck_rounds
         };
         let situation = Situation {
