@@ -27,8 +27,13 @@ fn ip(i: u8) -> Ipv4Addr {
 }
 
 /// A free port on 127.0.3.1 (every node of the cluster uses the same ports).
-async fn free_port() -> u16 {
-    TcpListener::bind((ip(1), 0)).await.unwrap().local_addr().unwrap().port()
+/// Two free ports on the first node's address, distinct: both are held
+/// while the second is picked (one at a time, the kernel may hand out the
+/// same port twice, and the router then cannot listen beside the registry).
+async fn free_ports() -> (u16, u16) {
+    let first = TcpListener::bind((ip(1), 0)).await.unwrap();
+    let second = TcpListener::bind((ip(1), 0)).await.unwrap();
+    (first.local_addr().unwrap().port(), second.local_addr().unwrap().port())
 }
 
 struct ClusterNode {
@@ -43,7 +48,7 @@ impl Drop for ClusterNode {
 }
 
 async fn start_cluster(size: u8) -> Vec<ClusterNode> {
-    let (registry_port, router_port) = (free_port().await, free_port().await);
+    let (registry_port, router_port) = free_ports().await;
     let mut nodes = Vec::new();
     for i in 1..=size {
         let listener = TcpListener::bind((ip(i), registry_port)).await.unwrap();
