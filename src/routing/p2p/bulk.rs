@@ -69,10 +69,8 @@ pub(super) const BATCH_DEADLINE: Duration = Duration::from_secs(15);
 /// How long a sweep may start queries; it then waits for those in flight
 /// (each ends within `QUERY_TIMEOUT`), and keys still unplaced fail: the
 /// advertiser tries them again. A sweep of 256 keys in a 1,000-node
-/// network needs about 7 rounds of 16 queries, a few seconds.
+/// network needs about a hundred queries, up to 16 at once: a few seconds.
 pub(super) const SWEEP_DEADLINE: Duration = Duration::from_secs(60);
-/// Closest-peers queries one sweep keeps in flight.
-const SWEEP_QUERIES: usize = 16;
 /// How long the network map is trusted: peers come and go, so the first
 /// sweep that starts after this starts a fresh map (keys that sweeps
 /// already placed stay placed; the rest are placed by the fresh map).
@@ -351,7 +349,7 @@ impl Bulk {
     /// Starts queries for sweep `id` up to its limit, or finishes it.
     fn continue_sweep(&mut self, swarm: &mut Swarm<Behaviour>, id: u64) {
         let Some(swept) = self.sweeps.get_mut(&id) else { return };
-        while swept.sweep.in_flight < SWEEP_QUERIES {
+        while swept.sweep.has_room() {
             let Some((i, key)) = swept.sweep.next_query(&self.map) else { break };
             let query = swarm.behaviour_mut().kad.get_closest_peers(record_key(&key).to_vec());
             self.stats.sweep_queries += 1;

@@ -46,6 +46,13 @@ enum Placement {
     Skipped,
 }
 
+/// Closest-peers queries a sweep starts with; each answer lets one more
+/// run, up to [`MAX_QUERIES`]: the first answers teach the map the most, and
+/// in a small network they place most keys without more queries.
+const FIRST_QUERIES: usize = 4;
+/// Closest-peers queries one sweep keeps in flight at most.
+const MAX_QUERIES: usize = 16;
+
 /// One batch being placed.
 pub(super) struct Sweep {
     keys: Vec<Key>,
@@ -54,6 +61,8 @@ pub(super) struct Sweep {
     /// Keys to query, popped from the end.
     queue: Vec<usize>,
     pub(super) in_flight: usize,
+    /// Queries that ended, answered or not.
+    ended: usize,
     pub(super) deadline: Instant,
 }
 
@@ -73,7 +82,7 @@ impl Sweep {
             .collect::<Vec<_>>();
         let mut queue: Vec<usize> = (0..keys.len()).filter(|i| placements[*i] == Placement::Open).collect();
         queue.shuffle(&mut rand::rng());
-        Self { keys, points, placements, queue, in_flight: 0, deadline }
+        Self { keys, points, placements, queue, in_flight: 0, ended: 0, deadline }
     }
 
     /// The next key that needs a query (placing, on the way, any key the
@@ -95,11 +104,18 @@ impl Sweep {
         None
     }
 
+    /// Whether another query may start: [`FIRST_QUERIES`] at first, one
+    /// more for each that ended, never more than [`MAX_QUERIES`].
+    pub(super) fn has_room(&self) -> bool {
+        self.in_flight < (FIRST_QUERIES + self.ended).min(MAX_QUERIES)
+    }
+
     /// Key `i`'s query ended: `Some(closest)` when it completed (the peers
     /// are the key's closest, whatever the map makes of them), `None` when
     /// it failed.
     pub(super) fn queried(&mut self, i: usize, closest: Option<Vec<Contact>>) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.ended += 1;
         if let Some(placement) = self.placements.get_mut(i)
             && *placement == Placement::Open
         {
@@ -302,6 +318,34 @@ mod tests {
         let (per_peer, unplaced) = sweep.finish();
         assert_eq!(per_peer.len(), 1);
         assert_eq!(unplaced.len(), 4);
+    }
+
+    #[test]
+    fn a_sweep_starts_with_a_few_queries_and_widens_as_they_end() {
+        let map: Map = NetworkMap::new(K);
+        let mut sweep = Sweep::new(keys(100), &[], &map, Instant::now());
+        let mut started = Vec::new();
+        while sweep.has_room() {
+            started.push(sweep.next_query(&map).unwrap().0);
+        }
+        assert_eq!(started.len(), FIRST_QUERIES);
+        sweep.queried(started[0], None);
+        let mut more = 0;
+        while sweep.has_room() {
+            sweep.next_query(&map).unwrap();
+            more += 1;
+        }
+        assert_eq!(more, 2, "the one that ended is replaced, and one more starts");
+        let mut most = 0;
+        for _ in 0..30 {
+            while sweep.has_room() {
+                started.push(sweep.next_query(&map).unwrap().0);
+            }
+            most = most.max(sweep.in_flight);
+            let oldest = started.remove(1);
+            sweep.queried(oldest, None);
+        }
+        assert_eq!(most, MAX_QUERIES, "never more than the most at once");
     }
 
     #[test]
