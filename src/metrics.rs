@@ -121,15 +121,18 @@ pub enum Rejection {
     InFlightLimit,
     /// 414: the URL was longer than `--max-url-bytes`.
     UrlTooLong,
+    /// 403: the client is neither on this host nor a connected peer.
+    Forbidden,
 }
 
 impl Rejection {
-    pub const ALL: [Self; 2] = [Self::InFlightLimit, Self::UrlTooLong];
+    pub const ALL: [Self; 3] = [Self::InFlightLimit, Self::UrlTooLong, Self::Forbidden];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InFlightLimit => "in_flight_limit",
             Self::UrlTooLong => "url_too_long",
+            Self::Forbidden => "forbidden",
         }
     }
 }
@@ -507,6 +510,7 @@ impl Metrics {
             stalled: counters.stalled.with_label_values(&[name]),
             in_flight_limit: counters.requests_rejected.with_label_values(&[name, Rejection::InFlightLimit.as_str()]),
             url_too_long: counters.requests_rejected.with_label_values(&[name, Rejection::UrlTooLong.as_str()]),
+            forbidden: counters.requests_rejected.with_label_values(&[name, Rejection::Forbidden.as_str()]),
         }
     }
 
@@ -697,7 +701,7 @@ impl ListenerCounters {
             requests_rejected: IntCounterVec::new(
                 Opts::new(
                     "shoal_requests_rejected_total",
-                    "HTTP requests refused before being served, by reason: in_flight_limit (503) or url_too_long (414).",
+                    "HTTP requests refused before being served, by reason: in_flight_limit (503), url_too_long (414) or forbidden (403).",
                 ),
                 &["listener", "reason"],
             )?,
@@ -732,6 +736,7 @@ pub struct ListenerMetrics {
     stalled: IntCounter,
     in_flight_limit: IntCounter,
     url_too_long: IntCounter,
+    forbidden: IntCounter,
 }
 
 impl ListenerMetrics {
@@ -756,6 +761,7 @@ impl ListenerMetrics {
         match reason {
             Rejection::InFlightLimit => self.in_flight_limit.inc(),
             Rejection::UrlTooLong => self.url_too_long.inc(),
+            Rejection::Forbidden => self.forbidden.inc(),
         }
     }
 }
@@ -868,7 +874,8 @@ mod tests {
         }
         for listener in ["registry", "metrics"] {
             assert!(text.contains(&format!(r#"shoal_connections_rejected_total{{listener="{listener}"}} 0"#)));
-            for reason in ["in_flight_limit", "url_too_long"] {
+            assert!(text.contains(&format!(r#"shoal_connections_stalled_total{{listener="{listener}"}} 0"#)));
+            for reason in ["in_flight_limit", "url_too_long", "forbidden"] {
                 let series = format!(r#"shoal_requests_rejected_total{{listener="{listener}",reason="{reason}"}} 0"#);
                 assert!(text.contains(&series), "{series}");
             }

@@ -203,6 +203,8 @@ async fn the_registry_serves_this_host_and_connected_peers_and_refuses_others() 
         assert_eq!(refused.status, StatusCode::FORBIDDEN, "{path}");
         assert_eq!(refused.error_code(), "DENIED");
     }
+    let forbidden = r#"shoal_requests_rejected_total{listener="registry",reason="forbidden"}"#;
+    assert_eq!(holder.node.metric(forbidden), 3, "each refusal is counted");
     let probe = get_from(stranger, &holder, "/healthz", &[]).await;
     assert_eq!(probe.status, StatusCode::OK, "health probes stay open");
 

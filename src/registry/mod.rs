@@ -132,6 +132,7 @@ impl RegistryHandler {
         }
         let client = req.extensions().get::<ClientAddr>().copied();
         if !self.inner.config.access.admits(client.as_ref()).await {
+            self.inner.metrics.listener(Listener::Registry).request_rejected(Rejection::Forbidden);
             let message = "this mirror serves its own node and connected peers only";
             return oci_error(StatusCode::FORBIDDEN, ErrorCode::Denied, message, head);
         }
