@@ -77,12 +77,9 @@ impl Tally {
     pub(super) fn finish(self) -> (Vec<Result<(), Error>>, u64) {
         let Self { mut results, keys, sent, stored, .. } = self;
         let mut understored = 0;
-        for (i, result) in results.iter_mut().enumerate() {
-            let (sent, stored) = (sent[i], stored[i]);
-            if result.is_ok()
-                && stored < sent.div_ceil(2)
-                && let Some(key) = keys.get(i)
-            {
+        let counts = keys.iter().zip(sent).zip(stored);
+        for (result, ((key, sent), stored)) in results.iter_mut().zip(counts) {
+            if result.is_ok() && stored < sent.div_ceil(2) {
                 *result = Err(Error::Provide {
                     key: key.clone(),
                     reason: format!("only {stored} of the {sent} closest peers it was sent to stored it"),
